@@ -1,0 +1,559 @@
+"""The emulated USD-M account: positions, mark prices, the order book and Binance's rules for orders.
+
+No HTTP here: the server in emulator.py parses a request into a dict of strings and calls one method.
+Everything is guarded by one lock because tests change positions and faults from their own thread
+while the server's event loop thread serves orders.
+
+Binance rules kept on purpose (the service must cope with each in production):
+- a client order id is unique among OPEN orders only; a FILLED order's id is accepted again;
+- conditional orders (STOP_MARKET, ...) live in the Algo service: POST /fapi/v1/order refuses them
+  with -4120 and POST /fapi/v1/algoOrder takes them (Binance moved them there on 2025-12-09);
+- a reduce-only order that would open, flip or exceed the position is refused with -2022;
+- a stop that would trigger at once is refused with -2021.
+"""
+
+import itertools
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from quantum_apply_layer.emulator_markets import MARKETS, MarketSpec
+
+CLIENT_ORDER_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+_CONDITIONAL_TYPES = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"})
+_SIDES = frozenset({"BUY", "SELL"})
+_ZERO = Decimal(0)
+
+
+class BinanceError(Exception):
+    """An error answer exactly as Binance shapes it: an HTTP status and a {"code", "msg"} body."""
+
+    def __init__(self, http_status: int, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.http_status = http_status
+        self.code = code
+        self.msg = msg
+
+
+def _mandatory(name: str) -> BinanceError:
+    return BinanceError(400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+
+
+def _not_required(name: str) -> BinanceError:
+    return BinanceError(400, -1106, f"Parameter '{name}' sent when not required.")
+
+
+ORDER_NOT_FOUND = BinanceError(400, -2013, "Order does not exist.")
+
+
+@dataclass
+class Faults:
+    """What the next order POSTs suffer. Replaced as a whole by POST /_emulator/faults."""
+
+    fail_next: int = 0
+    fail_code: int = -1001
+    fail_http_status: int = 503
+    fail_msg: str = "Internal error; unable to process your request. Please try again."
+    latency_ms: int = 0
+    drop_next: int = 0
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> "Faults":
+        defaults = cls()
+        unknown = set(body) - set(asdict(defaults))
+        if unknown:
+            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for name, default in asdict(defaults).items():
+            value = body.get(name, default)
+            if type(value) is not type(default):
+                raise ValueError(f"{name} must be a {type(default).__name__}")
+            if isinstance(value, int) and name in ("fail_next", "latency_ms", "drop_next") and value < 0:
+                raise ValueError(f"{name} must not be negative")
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class OrderLogEntry:
+    """One order POST as the emulator received it, kept for tests and the lab's smoke checks."""
+
+    endpoint: str  # "order" or "algoOrder"
+    client_order_id: str | None
+    order_id: int | None
+    symbol: str | None
+    side: str | None
+    type: str | None
+    quantity: float | None
+    stop_price: float | None
+    reduce_only: bool
+    close_position: bool
+    status: str  # FILLED / NEW when accepted, REJECTED or DROPPED otherwise
+    code: int | None  # the Binance error code of a rejection
+    received_monotonic: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "clientOrderId": self.client_order_id,
+            "orderId": self.order_id,
+            "symbol": self.symbol,
+            "side": self.side,
+            "type": self.type,
+            "quantity": self.quantity,
+            "stopPrice": self.stop_price,
+            "reduceOnly": self.reduce_only,
+            "closePosition": self.close_position,
+            "status": self.status,
+            "code": self.code,
+            "receivedMonotonic": self.received_monotonic,
+        }
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _loose_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _bool_param(params: Mapping[str, str], name: str) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return False
+    lowered = raw.lower()
+    if lowered not in ("true", "false"):
+        raise _mandatory(name)
+    return lowered == "true"
+
+
+def _decimal_param(params: Mapping[str, str], name: str) -> Decimal:
+    raw = params.get(name)
+    if not raw:
+        raise _mandatory(name)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise _mandatory(name) from None
+    if not value.is_finite():
+        raise _mandatory(name)
+    return value
+
+
+def _market(params: Mapping[str, str]) -> MarketSpec:
+    symbol = params.get("symbol")
+    if not symbol:
+        raise _mandatory("symbol")
+    spec = MARKETS.get(symbol)
+    if spec is None:
+        raise BinanceError(400, -1121, "Invalid symbol.")
+    return spec
+
+
+def _side(params: Mapping[str, str]) -> str:
+    side = params.get("side")
+    if not side:
+        raise _mandatory("side")
+    if side not in _SIDES:
+        raise BinanceError(400, -1117, "Invalid side.")
+    return side
+
+
+def _client_id(params: Mapping[str, str], name: str, generated: str) -> str:
+    client_id = params.get(name)
+    if client_id is None:
+        return generated
+    if not CLIENT_ORDER_ID_PATTERN.match(client_id):
+        raise BinanceError(
+            400, -1100,
+            f"Illegal characters found in parameter '{name}'; legal range is '^[\\.A-Z\\:/a-z0-9_-]{{1,36}}$'.",
+        )
+    return client_id
+
+
+def _check_quantity(spec: MarketSpec, quantity: Decimal) -> None:
+    if quantity <= _ZERO:
+        raise BinanceError(400, -4003, "Quantity less than or equal to zero.")
+    if quantity % spec.step_size != _ZERO:
+        raise BinanceError(400, -1111, "Precision is over the maximum defined for this asset.")
+    if quantity < spec.min_qty:
+        raise BinanceError(400, -4004, "Quantity less than min quantity.")
+    if quantity > spec.market_max_qty:
+        raise BinanceError(400, -4005, "Quantity greater than max quantity.")
+
+
+def _check_price(spec: MarketSpec, price: Decimal) -> None:
+    if price <= _ZERO:
+        raise BinanceError(400, -4001, "Price less than 0.")
+    if price % spec.tick_size != _ZERO:
+        raise BinanceError(400, -4014, "Price not increased by tick size.")
+    if price < spec.min_price:
+        raise BinanceError(400, -4013, "Price less than min price.")
+    if price > spec.max_price:
+        raise BinanceError(400, -4016, "Price greater than max price.")
+
+
+def _fmt(value: Decimal, places: int) -> str:
+    return f"{value:.{places}f}"
+
+
+@dataclass
+class _Book:
+    positions: dict[str, Decimal] = field(default_factory=dict)
+    entry_prices: dict[str, Decimal] = field(default_factory=dict)
+    marks: dict[str, Decimal] = field(default_factory=lambda: {s: m.default_mark_price for s, m in MARKETS.items()})
+    orders: dict[int, dict[str, Any]] = field(default_factory=dict)
+    order_by_client_id: dict[str, int] = field(default_factory=dict)
+    algo_orders: dict[int, dict[str, Any]] = field(default_factory=dict)
+    algo_by_client_id: dict[str, int] = field(default_factory=dict)
+    open_algo_client_ids: set[str] = field(default_factory=set)
+    log: list[OrderLogEntry] = field(default_factory=list)
+    faults: Faults = field(default_factory=Faults)
+
+
+class ExchangeState:
+    """The account behind the emulator's API key. Every public method is safe to call from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._book = _Book()
+        # Exchange ids never repeat, not even across a reset, as on the real exchange.
+        self._order_ids = itertools.count(8_389_765_000)
+        self._algo_ids = itertools.count(4_000_000)
+
+    # --- control -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        with self._lock:
+            self._book = _Book()
+
+    def set_positions(self, amounts: Mapping[str, Any]) -> None:
+        """Set signed position amounts (long > 0); symbols not named keep theirs."""
+        parsed = self._parse_symbol_numbers(amounts, positive_only=False)
+        with self._lock:
+            for symbol, amount in parsed.items():
+                self._book.positions[symbol] = amount
+                self._book.entry_prices[symbol] = self._book.marks[symbol]
+
+    def set_mark_prices(self, prices: Mapping[str, Any]) -> None:
+        parsed = self._parse_symbol_numbers(prices, positive_only=True)
+        with self._lock:
+            self._book.marks.update(parsed)
+
+    def set_faults(self, faults: Faults) -> None:
+        with self._lock:
+            self._book.faults = faults
+
+    def faults(self) -> Faults:
+        with self._lock:
+            return Faults(**asdict(self._book.faults))
+
+    def take_fault(self) -> tuple[str | None, Faults]:
+        """Consume one fault for an order POST: ("drop" | "fail" | None, the fault settings)."""
+        with self._lock:
+            faults = self._book.faults
+            if faults.drop_next > 0:
+                faults.drop_next -= 1
+                return "drop", Faults(**asdict(faults))
+            if faults.fail_next > 0:
+                faults.fail_next -= 1
+                return "fail", Faults(**asdict(faults))
+            return None, faults
+
+    def order_log(self) -> list[OrderLogEntry]:
+        with self._lock:
+            return list(self._book.log)
+
+    def position_amount(self, symbol: str) -> Decimal:
+        with self._lock:
+            return self._book.positions.get(symbol, _ZERO)
+
+    def record_unanswered(self, endpoint: str, params: Mapping[str, str], received: float, status: str,
+                          code: int | None) -> None:
+        """Log an order POST a fault stopped before the book saw it."""
+        with self._lock:
+            self._log(endpoint, params, received, status, code, None)
+
+    # --- Binance endpoints -----------------------------------------------------------------------
+
+    def new_order(self, params: Mapping[str, str], received: float) -> dict[str, Any]:
+        """POST /fapi/v1/order: MARKET orders, filled at once at the mark price."""
+        with self._lock:
+            try:
+                order = self._new_market_order(params)
+            except BinanceError as error:
+                self._log("order", params, received, "REJECTED", error.code, None)
+                raise
+            self._log("order", params, received, order["status"], None, order["orderId"])
+            return order
+
+    def new_algo_order(self, params: Mapping[str, str], received: float) -> dict[str, Any]:
+        """POST /fapi/v1/algoOrder: conditional STOP_MARKET orders; they stay NEW (never triggered here)."""
+        with self._lock:
+            try:
+                order = self._new_stop_market(params)
+            except BinanceError as error:
+                self._log("algoOrder", params, received, "REJECTED", error.code, None)
+                raise
+            self._log("algoOrder", params, received, order["algoStatus"], None, order["algoId"])
+            return order
+
+    def query_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """GET /fapi/v1/order by orderId or origClientOrderId (the newest order carrying that id)."""
+        spec = _market(params)
+        with self._lock:
+            order_id: int | None
+            if params.get("orderId"):
+                try:
+                    order_id = int(params["orderId"])
+                except ValueError:
+                    raise _mandatory("orderId") from None
+            elif params.get("origClientOrderId"):
+                order_id = self._book.order_by_client_id.get(params["origClientOrderId"])
+            else:
+                raise BinanceError(400, -1102,
+                                   "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+            order = self._book.orders.get(order_id) if order_id is not None else None
+            if order is None or order["symbol"] != spec.symbol:
+                raise ORDER_NOT_FOUND
+            return dict(order)
+
+    def query_algo_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """GET /fapi/v1/algoOrder by algoId or clientAlgoId."""
+        with self._lock:
+            algo_id: int | None
+            if params.get("algoId"):
+                try:
+                    algo_id = int(params["algoId"])
+                except ValueError:
+                    raise _mandatory("algoId") from None
+            elif params.get("clientAlgoId"):
+                algo_id = self._book.algo_by_client_id.get(params["clientAlgoId"])
+            else:
+                raise BinanceError(400, -1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
+            order = self._book.algo_orders.get(algo_id) if algo_id is not None else None
+            if order is None:
+                raise ORDER_NOT_FOUND
+            return dict(order)
+
+    def positions_v2(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        """GET /fapi/v2/positionRisk: one entry per symbol, flat ones included."""
+        specs = [_market(params)] if params.get("symbol") else list(MARKETS.values())
+        with self._lock:
+            return [self._position_v2(spec) for spec in specs]
+
+    def positions_v3(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        """GET /fapi/v3/positionRisk: only symbols with a position, as Binance's v3 does."""
+        specs = [_market(params)] if params.get("symbol") else list(MARKETS.values())
+        with self._lock:
+            return [self._position_v3(spec) for spec in specs if self._book.positions.get(spec.symbol, _ZERO)]
+
+    # --- internals (lock held) ---------------------------------------------------------------------
+
+    def _new_market_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+        spec = _market(params)
+        side = _side(params)
+        order_type = params.get("type")
+        if not order_type:
+            raise _mandatory("type")
+        if order_type in _CONDITIONAL_TYPES:
+            raise BinanceError(
+                400, -4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead."
+            )
+        if order_type != "MARKET":
+            raise BinanceError(400, -1116, "Invalid orderType.")
+        for name in ("closePosition", "stopPrice", "price"):
+            if name in params:
+                raise _not_required(name)
+        reduce_only = _bool_param(params, "reduceOnly")
+        quantity = _decimal_param(params, "quantity")
+        _check_quantity(spec, quantity)
+        order_id = next(self._order_ids)
+        # A MARKET order fills at once, so it never holds its client id among the open orders: the same id
+        # is accepted again (Binance's rule), and only a lookup tells a retried plan it already ran.
+        client_id = _client_id(params, "newClientOrderId", f"emu{order_id}")
+        position = self._book.positions.get(spec.symbol, _ZERO)
+        signed_qty = quantity if side == "BUY" else -quantity
+        if reduce_only and (position == _ZERO or (position > _ZERO) == (signed_qty > _ZERO) or quantity > abs(position)):
+            raise BinanceError(400, -2022, "ReduceOnly Order is rejected.")
+        self._apply_fill(spec, signed_qty)
+        mark = self._book.marks[spec.symbol]
+        qty_text = _fmt(quantity, spec.quantity_precision)
+        stamp = now_ms()
+        order = {
+            "orderId": order_id,
+            "symbol": spec.symbol,
+            "status": "FILLED",
+            "clientOrderId": client_id,
+            "price": "0",
+            "avgPrice": _fmt(mark, spec.price_precision),
+            "origQty": qty_text,
+            "executedQty": qty_text,
+            "cumQty": qty_text,
+            "cumQuote": _fmt(quantity * mark, 8),
+            "timeInForce": "GTC",
+            "type": "MARKET",
+            "reduceOnly": reduce_only,
+            "closePosition": False,
+            "side": side,
+            "positionSide": "BOTH",
+            "stopPrice": "0",
+            "workingType": "CONTRACT_PRICE",
+            "priceProtect": False,
+            "origType": "MARKET",
+            "priceMatch": "NONE",
+            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "goodTillDate": 0,
+            "time": stamp,
+            "updateTime": stamp,
+        }
+        self._book.orders[order_id] = order
+        self._book.order_by_client_id[client_id] = order_id
+        return order
+
+    def _new_stop_market(self, params: Mapping[str, str]) -> dict[str, Any]:
+        if params.get("algoType") != "CONDITIONAL":
+            raise _mandatory("algoType")
+        spec = _market(params)
+        side = _side(params)
+        order_type = params.get("type")
+        if not order_type:
+            raise _mandatory("type")
+        if order_type != "STOP_MARKET":
+            raise BinanceError(400, -1116, "Invalid orderType.")
+        close_position = _bool_param(params, "closePosition")
+        reduce_only = _bool_param(params, "reduceOnly")
+        quantity: Decimal | None = None
+        if close_position:
+            for name in ("quantity", "reduceOnly"):
+                if name in params:
+                    raise _not_required(name)
+        else:
+            quantity = _decimal_param(params, "quantity")
+            _check_quantity(spec, quantity)
+        trigger = _decimal_param(params, "triggerPrice")
+        _check_price(spec, trigger)
+        mark = self._book.marks[spec.symbol]
+        if (side == "SELL" and trigger >= mark) or (side == "BUY" and trigger <= mark):
+            raise BinanceError(400, -2021, "Order would immediately trigger.")
+        algo_id = next(self._algo_ids)
+        client_id = _client_id(params, "clientAlgoId", f"emualgo{algo_id}")
+        if client_id in self._book.open_algo_client_ids:
+            raise BinanceError(400, -4116, "ClientOrderId is duplicated.")
+        stamp = now_ms()
+        order = {
+            "algoId": algo_id,
+            "clientAlgoId": client_id,
+            "algoType": "CONDITIONAL",
+            "orderType": "STOP_MARKET",
+            "symbol": spec.symbol,
+            "side": side,
+            "positionSide": "BOTH",
+            "timeInForce": "GTC",
+            "quantity": _fmt(quantity, spec.quantity_precision) if quantity is not None else "0",
+            "algoStatus": "NEW",
+            "triggerPrice": _fmt(trigger, spec.price_precision),
+            "price": "0",
+            "icebergQuantity": None,
+            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "workingType": params.get("workingType", "CONTRACT_PRICE"),
+            "priceMatch": "NONE",
+            "closePosition": close_position,
+            "priceProtect": False,
+            "reduceOnly": reduce_only,
+            "createTime": stamp,
+            "updateTime": stamp,
+            "triggerTime": 0,
+            "goodTillDate": 0,
+        }
+        self._book.algo_orders[algo_id] = order
+        self._book.algo_by_client_id[client_id] = algo_id
+        self._book.open_algo_client_ids.add(client_id)
+        return order
+
+    def _apply_fill(self, spec: MarketSpec, signed_qty: Decimal) -> None:
+        before = self._book.positions.get(spec.symbol, _ZERO)
+        after = before + signed_qty
+        self._book.positions[spec.symbol] = after
+        # A position opened or grown from flat takes the mark as its entry; a reduction keeps it.
+        if before == _ZERO or (after != _ZERO and (after > _ZERO) != (before > _ZERO)):
+            self._book.entry_prices[spec.symbol] = self._book.marks[spec.symbol]
+
+    def _log(self, endpoint: str, params: Mapping[str, str], received: float, status: str, code: int | None,
+             order_id: int | None) -> None:
+        client_key = "clientAlgoId" if endpoint == "algoOrder" else "newClientOrderId"
+        stop_key = "triggerPrice" if endpoint == "algoOrder" else "stopPrice"
+        self._book.log.append(OrderLogEntry(
+            endpoint=endpoint,
+            client_order_id=params.get(client_key),
+            order_id=order_id,
+            symbol=params.get("symbol"),
+            side=params.get("side"),
+            type=params.get("type"),
+            quantity=_loose_float(params.get("quantity")),
+            stop_price=_loose_float(params.get(stop_key)),
+            reduce_only=params.get("reduceOnly", "").lower() == "true",
+            close_position=params.get("closePosition", "").lower() == "true",
+            status=status,
+            code=code,
+            received_monotonic=received,
+        ))
+
+    def _position_common(self, spec: MarketSpec) -> dict[str, Any]:
+        amount = self._book.positions.get(spec.symbol, _ZERO)
+        mark = self._book.marks[spec.symbol]
+        entry = self._book.entry_prices.get(spec.symbol, _ZERO) if amount else _ZERO
+        return {
+            "symbol": spec.symbol,
+            "positionSide": "BOTH",
+            "positionAmt": _fmt(amount, spec.quantity_precision),
+            "entryPrice": _fmt(entry, spec.price_precision),
+            "breakEvenPrice": _fmt(entry, spec.price_precision),
+            "markPrice": _fmt(mark, 8),
+            "unRealizedProfit": _fmt((mark - entry) * amount, 8),
+            "liquidationPrice": "0",
+            "isolatedMargin": "0.00000000",
+            "notional": _fmt(mark * amount, 8),
+            "isolatedWallet": "0",
+            "updateTime": now_ms(),
+        }
+
+    def _position_v2(self, spec: MarketSpec) -> dict[str, Any]:
+        entry = self._position_common(spec)
+        entry.update({"leverage": "20", "maxNotionalValue": "25000000", "marginType": "cross",
+                      "isAutoAddMargin": "false"})
+        return entry
+
+    def _position_v3(self, spec: MarketSpec) -> dict[str, Any]:
+        entry = self._position_common(spec)
+        notional = abs(Decimal(entry["notional"]))
+        entry.update({"marginAsset": "USDT", "initialMargin": _fmt(notional / 20, 8),
+                      "maintMargin": _fmt(notional * Decimal("0.004"), 8),
+                      "positionInitialMargin": _fmt(notional / 20, 8), "openOrderInitialMargin": "0",
+                      "adl": 0, "bidNotional": "0", "askNotional": "0"})
+        return entry
+
+    @staticmethod
+    def _parse_symbol_numbers(values: Mapping[str, Any], *, positive_only: bool) -> dict[str, Decimal]:
+        parsed: dict[str, Decimal] = {}
+        for symbol, value in values.items():
+            if symbol not in MARKETS:
+                raise ValueError(f"unknown symbol {symbol!r}; known: {sorted(MARKETS)}")
+            if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+                raise ValueError(f"{symbol}: expected a number, got {value!r}")
+            try:
+                number = Decimal(str(value))
+            except InvalidOperation:
+                raise ValueError(f"{symbol}: expected a number, got {value!r}") from None
+            if not number.is_finite() or (positive_only and number <= 0):
+                raise ValueError(f"{symbol}: {value!r} is out of range")
+            parsed[symbol] = number
+        return parsed
