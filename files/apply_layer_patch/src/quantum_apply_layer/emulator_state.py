@@ -16,6 +16,7 @@ import itertools
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -24,9 +25,14 @@ from typing import Any
 from quantum_apply_layer.emulator_markets import MARKETS, MarketSpec
 
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
-_CONDITIONAL_TYPES = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"})
+_CONDITIONAL_TYPES = frozenset(
+    {"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"}
+)
 _SIDES = frozenset({"BUY", "SELL"})
 _ZERO = Decimal(0)
+# A long lab run or benchmark would otherwise grow without end; the oldest orders are forgotten first
+# (Binance, too, stops answering lookups for old orders).
+HISTORY_LIMIT = 200_000
 
 
 class BinanceError(Exception):
@@ -40,7 +46,9 @@ class BinanceError(Exception):
 
 
 def _mandatory(name: str) -> BinanceError:
-    return BinanceError(400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+    return BinanceError(
+        400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+    )
 
 
 def _not_required(name: str) -> BinanceError:
@@ -173,8 +181,10 @@ def _client_id(params: Mapping[str, str], name: str, generated: str) -> str:
         return generated
     if not CLIENT_ORDER_ID_PATTERN.match(client_id):
         raise BinanceError(
-            400, -1100,
-            f"Illegal characters found in parameter '{name}'; legal range is '^[\\.A-Z\\:/a-z0-9_-]{{1,36}}$'.",
+            400,
+            -1100,
+            f"Illegal characters found in parameter '{name}'; "
+            "legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.",
         )
     return client_id
 
@@ -209,13 +219,15 @@ def _fmt(value: Decimal, places: int) -> str:
 class _Book:
     positions: dict[str, Decimal] = field(default_factory=dict)
     entry_prices: dict[str, Decimal] = field(default_factory=dict)
-    marks: dict[str, Decimal] = field(default_factory=lambda: {s: m.default_mark_price for s, m in MARKETS.items()})
+    marks: dict[str, Decimal] = field(
+        default_factory=lambda: {s: m.default_mark_price for s, m in MARKETS.items()}
+    )
     orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     order_by_client_id: dict[str, int] = field(default_factory=dict)
     algo_orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     algo_by_client_id: dict[str, int] = field(default_factory=dict)
     open_algo_client_ids: set[str] = field(default_factory=set)
-    log: list[OrderLogEntry] = field(default_factory=list)
+    log: deque[OrderLogEntry] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
     faults: Faults = field(default_factory=Faults)
 
 
@@ -276,8 +288,9 @@ class ExchangeState:
         with self._lock:
             return self._book.positions.get(symbol, _ZERO)
 
-    def record_unanswered(self, endpoint: str, params: Mapping[str, str], received: float, status: str,
-                          code: int | None) -> None:
+    def record_unanswered(
+        self, endpoint: str, params: Mapping[str, str], received: float, status: str, code: int | None
+    ) -> None:
         """Log an order POST a fault stopped before the book saw it."""
         with self._lock:
             self._log(endpoint, params, received, status, code, None)
@@ -319,8 +332,11 @@ class ExchangeState:
             elif params.get("origClientOrderId"):
                 order_id = self._book.order_by_client_id.get(params["origClientOrderId"])
             else:
-                raise BinanceError(400, -1102,
-                                   "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+                raise BinanceError(
+                    400,
+                    -1102,
+                    "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!",
+                )
             order = self._book.orders.get(order_id) if order_id is not None else None
             if order is None or order["symbol"] != spec.symbol:
                 raise ORDER_NOT_FOUND
@@ -338,7 +354,9 @@ class ExchangeState:
             elif params.get("clientAlgoId"):
                 algo_id = self._book.algo_by_client_id.get(params["clientAlgoId"])
             else:
-                raise BinanceError(400, -1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
+                raise BinanceError(
+                    400, -1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!"
+                )
             order = self._book.algo_orders.get(algo_id) if algo_id is not None else None
             if order is None:
                 raise ORDER_NOT_FOUND
@@ -366,7 +384,10 @@ class ExchangeState:
             raise _mandatory("type")
         if order_type in _CONDITIONAL_TYPES:
             raise BinanceError(
-                400, -4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead."
+                400,
+                -4120,
+                "Order type not supported for this endpoint. "
+                "Please use the Algo Order API endpoints instead.",
             )
         if order_type != "MARKET":
             raise BinanceError(400, -1116, "Invalid orderType.")
@@ -382,7 +403,9 @@ class ExchangeState:
         client_id = _client_id(params, "newClientOrderId", f"emu{order_id}")
         position = self._book.positions.get(spec.symbol, _ZERO)
         signed_qty = quantity if side == "BUY" else -quantity
-        if reduce_only and (position == _ZERO or (position > _ZERO) == (signed_qty > _ZERO) or quantity > abs(position)):
+        if reduce_only and (
+            position == _ZERO or (position > _ZERO) == (signed_qty > _ZERO) or quantity > abs(position)
+        ):
             raise BinanceError(400, -2022, "ReduceOnly Order is rejected.")
         self._apply_fill(spec, signed_qty)
         mark = self._book.marks[spec.symbol]
@@ -417,6 +440,10 @@ class ExchangeState:
         }
         self._book.orders[order_id] = order
         self._book.order_by_client_id[client_id] = order_id
+        if len(self._book.orders) > HISTORY_LIMIT:
+            oldest = self._book.orders.pop(next(iter(self._book.orders)))
+            if self._book.order_by_client_id.get(oldest["clientOrderId"]) == oldest["orderId"]:
+                del self._book.order_by_client_id[oldest["clientOrderId"]]
         return order
 
     def _new_stop_market(self, params: Mapping[str, str]) -> dict[str, Any]:
@@ -477,6 +504,10 @@ class ExchangeState:
         self._book.algo_orders[algo_id] = order
         self._book.algo_by_client_id[client_id] = algo_id
         self._book.open_algo_client_ids.add(client_id)
+        if len(self._book.algo_orders) > HISTORY_LIMIT:
+            oldest = self._book.algo_orders.pop(next(iter(self._book.algo_orders)))
+            del self._book.algo_by_client_id[oldest["clientAlgoId"]]
+            self._book.open_algo_client_ids.discard(oldest["clientAlgoId"])
         return order
 
     def _apply_fill(self, spec: MarketSpec, signed_qty: Decimal) -> None:
@@ -487,25 +518,34 @@ class ExchangeState:
         if before == _ZERO or (after != _ZERO and (after > _ZERO) != (before > _ZERO)):
             self._book.entry_prices[spec.symbol] = self._book.marks[spec.symbol]
 
-    def _log(self, endpoint: str, params: Mapping[str, str], received: float, status: str, code: int | None,
-             order_id: int | None) -> None:
+    def _log(
+        self,
+        endpoint: str,
+        params: Mapping[str, str],
+        received: float,
+        status: str,
+        code: int | None,
+        order_id: int | None,
+    ) -> None:
         client_key = "clientAlgoId" if endpoint == "algoOrder" else "newClientOrderId"
         stop_key = "triggerPrice" if endpoint == "algoOrder" else "stopPrice"
-        self._book.log.append(OrderLogEntry(
-            endpoint=endpoint,
-            client_order_id=params.get(client_key),
-            order_id=order_id,
-            symbol=params.get("symbol"),
-            side=params.get("side"),
-            type=params.get("type"),
-            quantity=_loose_float(params.get("quantity")),
-            stop_price=_loose_float(params.get(stop_key)),
-            reduce_only=params.get("reduceOnly", "").lower() == "true",
-            close_position=params.get("closePosition", "").lower() == "true",
-            status=status,
-            code=code,
-            received_monotonic=received,
-        ))
+        self._book.log.append(
+            OrderLogEntry(
+                endpoint=endpoint,
+                client_order_id=params.get(client_key),
+                order_id=order_id,
+                symbol=params.get("symbol"),
+                side=params.get("side"),
+                type=params.get("type"),
+                quantity=_loose_float(params.get("quantity")),
+                stop_price=_loose_float(params.get(stop_key)),
+                reduce_only=params.get("reduceOnly", "").lower() == "true",
+                close_position=params.get("closePosition", "").lower() == "true",
+                status=status,
+                code=code,
+                received_monotonic=received,
+            )
+        )
 
     def _position_common(self, spec: MarketSpec) -> dict[str, Any]:
         amount = self._book.positions.get(spec.symbol, _ZERO)
@@ -528,17 +568,31 @@ class ExchangeState:
 
     def _position_v2(self, spec: MarketSpec) -> dict[str, Any]:
         entry = self._position_common(spec)
-        entry.update({"leverage": "20", "maxNotionalValue": "25000000", "marginType": "cross",
-                      "isAutoAddMargin": "false"})
+        entry.update(
+            {
+                "leverage": "20",
+                "maxNotionalValue": "25000000",
+                "marginType": "cross",
+                "isAutoAddMargin": "false",
+            }
+        )
         return entry
 
     def _position_v3(self, spec: MarketSpec) -> dict[str, Any]:
         entry = self._position_common(spec)
         notional = abs(Decimal(entry["notional"]))
-        entry.update({"marginAsset": "USDT", "initialMargin": _fmt(notional / 20, 8),
-                      "maintMargin": _fmt(notional * Decimal("0.004"), 8),
-                      "positionInitialMargin": _fmt(notional / 20, 8), "openOrderInitialMargin": "0",
-                      "adl": 0, "bidNotional": "0", "askNotional": "0"})
+        entry.update(
+            {
+                "marginAsset": "USDT",
+                "initialMargin": _fmt(notional / 20, 8),
+                "maintMargin": _fmt(notional * Decimal("0.004"), 8),
+                "positionInitialMargin": _fmt(notional / 20, 8),
+                "openOrderInitialMargin": "0",
+                "adl": 0,
+                "bidNotional": "0",
+                "askNotional": "0",
+            }
+        )
         return entry
 
     @staticmethod

@@ -1,0 +1,56 @@
+-- May this plan send its next order now? One atomic step: the switches, the dedupe mark and both
+-- permits are read, and the permits consumed, with no other command in between; so no order starts
+-- after the SET that halts it, a plan never runs on one permit, and a permit never serves two plans.
+-- KEYS: 1 global switch, 2 symbol switch, 3 dedupe mark, 4 governor permit, 5 P3.3 permit
+-- ARGV: 1 owner (the plan's stream entry id), 2 permits required (1|0), 3 plan only reduces (1|0),
+--       4 dedupe mark TTL in seconds, 5 consumer name
+local state, scope = effective_switch(redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]))
+if state == 'halted' or state == 'invalid' then
+  return {'halted', scope .. ':' .. state}
+end
+if state == 'reduce_only' and ARGV[3] ~= '1' then
+  return {'reduce_only', scope .. ':reduce_only'}
+end
+
+local existing = redis.call('GET', KEYS[3])
+if existing then
+  local ok, mark = pcall(cjson.decode, existing)
+  if ok and type(mark) == 'table' and mark.state == 'claimed' and mark.owner == ARGV[1] then
+    return {'resume', existing}
+  end
+  return {'duplicate', existing}
+end
+
+local governor, p33 = '', ''
+if ARGV[2] == '1' then
+  governor, p33 = redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5])
+  if not governor or not p33 then
+    local missing = {}
+    if not governor then table.insert(missing, 'governor') end
+    if not p33 then table.insert(missing, 'p33') end
+    return {'permit_missing', table.concat(missing, ',')}
+  end
+  local ok_governor, governor_permit = pcall(cjson.decode, governor)
+  if not ok_governor or type(governor_permit) ~= 'table' then
+    return {'denied', 'governor', 'unparseable'}
+  end
+  if governor_permit.granted ~= true then
+    return {'denied', 'governor', tostring(governor_permit.reason or 'not_granted')}
+  end
+  local ok_p33, p33_permit = pcall(cjson.decode, p33)
+  if not ok_p33 or type(p33_permit) ~= 'table' then
+    return {'denied', 'p33', 'unparseable'}
+  end
+  if p33_permit.allow ~= true then
+    return {'denied', 'p33', tostring(p33_permit.reason or 'not_allowed')}
+  end
+  redis.call('DEL', KEYS[4], KEYS[5])
+end
+
+local now = redis.call('TIME')
+local mark = cjson.encode({
+  state = 'claimed', owner = ARGV[1], consumer = ARGV[5],
+  claimed_at = now[1] .. '.' .. string.format('%06d', tonumber(now[2])),
+})
+redis.call('SET', KEYS[3], mark, 'EX', ARGV[4])
+return {'claimed', mark, governor, p33}

@@ -1,0 +1,132 @@
+"""The operator interface: `quantum-apply-layer run | check-config | status | kill`.
+
+Every command reads the service's env file (/etc/quantum/apply-layer.env) when it is there, under the
+process environment, so an operator's shell reaches the same Redis as the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import socket
+import sys
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from .config import DEFAULT_ENV_FILE, ConfigError, Settings, load_credentials, load_settings, process_env
+from .logs import configure_logging
+from .plan import SYMBOL_PATTERN
+from .status import collect_status, render_status
+from .switch import COMMAND_VALUES, parse_switch, set_switch
+
+EXIT_CONFIG = 2
+EXIT_REDIS = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        env = process_env(args.env_file)
+        settings = load_settings(env)
+        if args.command == "run":
+            return _run(settings, env)
+        if args.command == "check-config":
+            return _check_config(settings, env)
+        if args.command == "status":
+            return asyncio.run(_status(settings, args.json, args.audit))
+        return asyncio.run(_kill(settings, args.state, args.reason, args.symbol, args.who))
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RedisError as error:
+        print(f"Redis error: {error} (is REDIS_URL right, and Redis up?)", file=sys.stderr)
+        return EXIT_REDIS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantum-apply-layer", description=__doc__)
+    parser.add_argument(
+        "--env-file", type=Path, default=DEFAULT_ENV_FILE,
+        help="KEY=VALUE file read under the process environment (default: %(default)s, if present)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="consume plans and execute them through every gate")
+    commands.add_parser("check-config", help="print the parsed configuration (secrets masked)")
+    status = commands.add_parser("status", help="mode, switches, stream lag, last execution")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--audit", type=int, default=5, help="how many audit entries to show")
+    kill = commands.add_parser("kill", help="set the kill switch (global, or one symbol)")
+    kill.add_argument("state", choices=sorted(COMMAND_VALUES), help="on halts, off resumes")
+    kill.add_argument("--reason", required=True, help="who asks and why (kept with the audit entry)")
+    kill.add_argument("--symbol", help="one symbol's switch, e.g. ETHUSDT; the stricter of the two wins")
+    kill.add_argument("--who", default=_default_who(), help="recorded in the audit (default: %(default)s)")
+    return parser
+
+
+def _run(settings: Settings, env: dict[str, str]) -> int:
+    from .runtime import serve  # imports ccxt: only the command that trades pays for it
+
+    credentials = load_credentials(env)
+    configure_logging(settings.log_format)
+    asyncio.run(serve(settings, credentials))
+    return 0
+
+
+def _check_config(settings: Settings, env: dict[str, str]) -> int:
+    for key, value in settings.describe().items():
+        print(f"{key}={value}")
+    try:
+        credentials = load_credentials(env)
+    except ConfigError as error:
+        print(f"credentials: MISSING: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"credentials=present (from {credentials.source}; key ends ...{credentials.api_key[-4:]})")
+    return 0
+
+
+async def _status(settings: Settings, as_json: bool, audit: int) -> int:
+    from .runtime import connect_redis
+
+    redis = connect_redis(settings)
+    try:
+        status = await collect_status(redis, settings, audit)
+    finally:
+        await redis.aclose()
+    print(json.dumps(status, indent=2) if as_json else render_status(status))
+    return 0
+
+
+async def _kill(settings: Settings, state: str, reason: str, symbol: str | None, who: str) -> int:
+    from .runtime import connect_redis
+    from .scripts import register_scripts
+
+    if symbol is not None and not SYMBOL_PATTERN.match(symbol):
+        raise ConfigError(f"--symbol {symbol!r}: accepted: an exchange symbol such as ETHUSDT")
+    if not reason.strip():
+        raise ConfigError("--reason is empty: say who asks and why")
+    redis = connect_redis(settings)
+    try:
+        change = await set_switch(redis, register_scripts(redis), state, reason, who, symbol)
+    finally:
+        await redis.aclose()
+    old_state = parse_switch(change.old or None)
+    print(
+        f"{change.scope}: {old_state} ({change.old or 'absent'}) -> {parse_switch(change.new)} ({change.new}); "
+        f"reason: {reason.strip()}; audit {change.audit_id}"
+    )
+    return 0
+
+
+def _default_who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

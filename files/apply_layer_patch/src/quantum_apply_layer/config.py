@@ -1,0 +1,218 @@
+"""Settings, parsed once and strictly from the environment into a frozen object.
+
+A bad value stops the process with a message that names the variable and the values it accepts:
+a trading gate that guesses what an operator meant is a trading gate nobody can trust.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PRODUCTION_EXCHANGE_URL = "https://fapi.binance.com"
+TESTNET_EXCHANGE_URL = "https://testnet.binancefuture.com"
+SANDBOX_HOSTS = frozenset({"testnet.binancefuture.com"})
+DEFAULT_ENV_FILE = Path("/etc/quantum/apply-layer.env")
+
+
+class ConfigError(Exception):
+    """A setting is missing or out of range; the message says which and what is accepted."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    api_key: str = field(repr=False)
+    api_secret: str = field(repr=False)
+    source: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    testnet: bool
+    redis_url: str = field(repr=False)
+    exchange_url: str
+    metrics_addr: str
+    metrics_port: int
+    permit_timeout_s: float
+    exchange_timeout_s: float
+    consumer_group: str
+    consumer_name: str
+    reclaim_idle_ms: int
+    dedupe_ttl_s: int
+    max_plan_age_s: float
+    max_in_flight: int
+    result_maxlen: int
+    log_format: str
+
+    @property
+    def mode(self) -> str:
+        return "testnet" if self.testnet else "production"
+
+    def describe(self) -> dict[str, str]:
+        """Every setting as an operator reads it, with the Redis password masked."""
+        return {
+            "TESTNET": str(self.testnet).lower(),
+            "mode": self.mode,
+            "REDIS_URL": mask_url_password(self.redis_url),
+            "APPLY_EXCHANGE_URL": self.exchange_url,
+            "APPLY_METRICS_ADDR": self.metrics_addr,
+            "APPLY_METRICS_PORT": str(self.metrics_port),
+            "APPLY_PERMIT_TIMEOUT_MS": str(round(self.permit_timeout_s * 1000)),
+            "APPLY_EXCHANGE_TIMEOUT_MS": str(round(self.exchange_timeout_s * 1000)),
+            "APPLY_CONSUMER_GROUP": self.consumer_group,
+            "APPLY_CONSUMER_NAME": self.consumer_name,
+            "APPLY_RECLAIM_IDLE_MS": str(self.reclaim_idle_ms),
+            "APPLY_DEDUPE_TTL_S": str(self.dedupe_ttl_s),
+            "APPLY_MAX_PLAN_AGE_S": str(self.max_plan_age_s),
+            "APPLY_MAX_IN_FLIGHT": str(self.max_in_flight),
+            "APPLY_RESULT_MAXLEN": str(self.result_maxlen),
+            "APPLY_LOG_FORMAT": self.log_format,
+        }
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    testnet = _parse_testnet(env.get("TESTNET", "false"))
+    exchange_url = env.get("APPLY_EXCHANGE_URL", "").strip() or (
+        TESTNET_EXCHANGE_URL if testnet else PRODUCTION_EXCHANGE_URL
+    )
+    _check_exchange_url(exchange_url, testnet)
+    redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0").strip()
+    if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"REDIS_URL={redis_url!r}: accepted: redis://, rediss:// or unix:// URLs")
+    log_format = env.get("APPLY_LOG_FORMAT", "json").strip().lower()
+    if log_format not in {"json", "kv"}:
+        raise ConfigError(f"APPLY_LOG_FORMAT={log_format!r}: accepted values: json, kv")
+    return Settings(
+        testnet=testnet,
+        redis_url=redis_url,
+        exchange_url=exchange_url.rstrip("/"),
+        metrics_addr=env.get("APPLY_METRICS_ADDR", "0.0.0.0").strip(),  # noqa: S104 - Prometheus scrapes it
+        metrics_port=_int(env, "APPLY_METRICS_PORT", 8000, 0, 65535),
+        permit_timeout_s=_int(env, "APPLY_PERMIT_TIMEOUT_MS", 2000, 1, 600_000) / 1000,
+        exchange_timeout_s=_int(env, "APPLY_EXCHANGE_TIMEOUT_MS", 5000, 100, 60_000) / 1000,
+        consumer_group=_name(env, "APPLY_CONSUMER_GROUP", "apply-layer"),
+        consumer_name=_name(env, "APPLY_CONSUMER_NAME", socket.gethostname()),
+        reclaim_idle_ms=_int(env, "APPLY_RECLAIM_IDLE_MS", 30_000, 1_000, 3_600_000),
+        dedupe_ttl_s=_int(env, "APPLY_DEDUPE_TTL_S", 7 * 86_400, 60, 90 * 86_400),
+        max_plan_age_s=float(_int(env, "APPLY_MAX_PLAN_AGE_S", 300, 1, 86_400)),
+        max_in_flight=_int(env, "APPLY_MAX_IN_FLIGHT", 32, 1, 1024),
+        result_maxlen=_int(env, "APPLY_RESULT_MAXLEN", 1_000_000, 1_000, 100_000_000),
+        log_format=log_format,
+    )
+
+
+def load_credentials(env: Mapping[str, str]) -> Credentials:
+    """Exchange keys: systemd's LoadCredential= directory first, the environment outside systemd."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        values = {}
+        for name in ("BINANCE_API_KEY", "BINANCE_API_SECRET"):
+            path = Path(directory) / name
+            try:
+                values[name] = path.read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise ConfigError(f"{name}: cannot read credential {path}: {error.strerror}") from error
+        source = f"credentials directory {directory}"
+    else:
+        values = {name: env.get(name, "").strip() for name in ("BINANCE_API_KEY", "BINANCE_API_SECRET")}
+        source = "environment"
+    for name, value in values.items():
+        if not value:
+            raise ConfigError(
+                f"{name} is empty: under systemd pass it with LoadCredential={name}:<root-only file>; "
+                f"outside systemd set the environment variable {name}"
+            )
+    return Credentials(values["BINANCE_API_KEY"], values["BINANCE_API_SECRET"], source)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (comments and blanks skipped)."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_testnet(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in {"true", "false"}:
+        raise ConfigError(
+            f"TESTNET={raw!r} is not accepted: accepted values are 'false' (production, the default) "
+            "and 'true' (testnet: permits skipped, sandbox exchange only)"
+        )
+    return value == "true"
+
+
+def _check_exchange_url(url: str, testnet: bool) -> None:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in {"http", "https"} or not host:
+        raise ConfigError(f"APPLY_EXCHANGE_URL={url!r}: accepted: an http(s) base URL such as {TESTNET_EXCHANGE_URL}")
+    loopback = is_loopback_host(host)
+    if parts.scheme == "http" and not loopback:
+        raise ConfigError(f"APPLY_EXCHANGE_URL={url!r}: plain http is accepted only for a loopback emulator")
+    if testnet and not (host in SANDBOX_HOSTS or loopback):
+        raise ConfigError(
+            f"TESTNET=true with APPLY_EXCHANGE_URL={url!r}: testnet may only reach a sandbox: "
+            f"{TESTNET_EXCHANGE_URL} or a loopback address"
+        )
+    if not testnet and host in SANDBOX_HOSTS:
+        raise ConfigError(
+            f"TESTNET=false with APPLY_EXCHANGE_URL={url!r}: production mode never trades on the testnet; "
+            "set TESTNET=true for a testnet run"
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: accepted values: a whole number from {low} to {high}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r}: accepted values: a whole number from {low} to {high}")
+    return value
+
+
+def _name(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if not value or any(ch.isspace() for ch in value) or len(value) > 128:
+        raise ConfigError(f"{name}={value!r}: accepted values: 1 to 128 characters without spaces")
+    return value
+
+
+def process_env(env_file: Path | None) -> dict[str, str]:
+    """The process environment over the env file's values: what the CLI runs with."""
+    merged = read_env_file(env_file) if env_file is not None and env_file.is_file() else {}
+    merged.update(os.environ)
+    return merged

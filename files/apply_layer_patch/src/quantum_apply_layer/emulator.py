@@ -1,0 +1,486 @@
+"""quantum-exchange-emulator: the Binance USD-M Futures REST subset the apply layer uses, on loopback.
+
+It answers as Binance does (same paths, signing, error codes and HTTP statuses), so ccxt's
+`binanceusdm` runs against it unchanged with its fapi URLs pointed here. Tests, the benchmark and the
+lab use it; it never talks to a real exchange.
+
+Binance endpoints: GET /fapi/v1/ping, /fapi/v1/time, /fapi/v1/exchangeInfo; signed GET
+/fapi/v1/leverageBracket, /fapi/v2/positionRisk, /fapi/v3/positionRisk, /fapi/v1/order,
+/fapi/v1/algoOrder; signed POST /fapi/v1/order (MARKET) and /fapi/v1/algoOrder (STOP_MARKET).
+
+Control endpoints (not Binance, unauthenticated, hence loopback only by default):
+  GET  /_emulator/info                  {"emulator": "quantum-exchange-emulator", "version": ...}
+  GET  /_emulator/orders                every order POST received, in arrival order
+  GET  /_emulator/positions             {"BTCUSDT": 0.5, ...} signed amounts
+  POST /_emulator/positions             {"BTCUSDT": 0.5, ...} set the named symbols' amounts
+  POST /_emulator/marks                 {"BTCUSDT": 65000, ...} set mark prices (fills and stops use them)
+  POST /_emulator/reset                 flat positions, default marks, no orders, no faults
+  GET|POST /_emulator/faults            {"fail_next": N, "fail_code": -1001, "fail_http_status": 503,
+                                         "fail_msg": "...", "latency_ms": M, "drop_next": K}
+    fail_next: the next N order POSTs are refused with that code and status, and not applied;
+    latency_ms: every order POST is applied, then answered M ms late (a client timeout then leaves an
+                order the client never heard of, the case a lookup must settle);
+    drop_next: the next K order POSTs are not applied and their connection is closed without an answer.
+    A POST replaces the whole set: fields left out go back to their defaults ({} clears every fault).
+"""
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+
+from quantum_apply_layer import __version__
+from quantum_apply_layer.emulator_markets import MARKETS, exchange_info, leverage_brackets
+from quantum_apply_layer.emulator_state import BinanceError, ExchangeState, Faults, OrderLogEntry, now_ms
+
+EMULATOR_NAME = "quantum-exchange-emulator"
+_DEFAULT_RECV_WINDOW_MS = 5_000
+_MAX_RECV_WINDOW_MS = 60_000
+# Binance accepts a timestamp up to one second ahead of its clock.
+_FUTURE_TOLERANCE_MS = 1_000
+
+log = logging.getLogger(__name__)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Placer = Callable[[Mapping[str, str], float], dict[str, Any]]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(), status=status, content_type="application/json"
+    )
+
+
+def _binance_error(error: BinanceError) -> web.Response:
+    return _json({"code": error.code, "msg": error.msg}, status=error.http_status)
+
+
+def _split_signature(raw: str) -> tuple[str, str | None]:
+    """(the raw text without its `signature=` item, the signature)."""
+    if "signature=" not in raw:
+        return raw, None
+    kept: list[str] = []
+    signature = None
+    for item in raw.split("&"):
+        if item.startswith("signature="):
+            signature = item[len("signature=") :]
+        else:
+            kept.append(item)
+    return "&".join(kept), signature
+
+
+def _form_fields(raw: str) -> dict[str, str]:
+    """Form-decode `a=1&b=x%3Ay`; most values need no unquoting, and skipping it is the cheap path."""
+    fields: dict[str, str] = {}
+    for item in raw.split("&") if raw else ():
+        name, _, value = item.partition("=")
+        fields[unquote_plus(name)] = unquote_plus(value) if "%" in value or "+" in value else value
+    return fields
+
+
+class _BinanceApi:
+    """The request handlers: authentication as Binance does it, then one call into the state."""
+
+    def __init__(self, state: ExchangeState, api_key: str, api_secret: str) -> None:
+        self._state = state
+        self._api_key = api_key
+        self._secret = api_secret.encode()
+
+    async def _params(self, request: web.Request) -> dict[str, str]:
+        """The request's parameters (query string then form body) once its key and signature check out."""
+        raw_query = request.rel_url.raw_query_string
+        raw_body = await request.text() if request.body_exists else ""
+        query, query_signature = _split_signature(raw_query)
+        body, body_signature = _split_signature(raw_body)
+        params = _form_fields(query)
+        params.update(_form_fields(body))
+        key = request.headers.get("X-MBX-APIKEY")
+        if not key:
+            raise BinanceError(401, -2014, "API-key format invalid.")
+        if not hmac.compare_digest(key.encode(), self._api_key.encode()):
+            raise BinanceError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        self._check_timestamp(params)
+        signature = query_signature or body_signature
+        if not signature:
+            raise BinanceError(
+                400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
+            )
+        # Binance signs the query string and the body concatenated, without a separator.
+        expected = hmac.new(self._secret, (query + body).encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature.lower()):
+            raise BinanceError(400, -1022, "Signature for this request is not valid.")
+        return params
+
+    @staticmethod
+    def _check_timestamp(params: Mapping[str, str]) -> None:
+        try:
+            timestamp = int(params["timestamp"])
+        except (KeyError, ValueError):
+            raise BinanceError(
+                400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
+            ) from None
+        try:
+            recv_window = int(params.get("recvWindow", _DEFAULT_RECV_WINDOW_MS))
+        except ValueError:
+            raise BinanceError(
+                400, -1102, "Mandatory parameter 'recvWindow' was not sent, was empty/null, or malformed."
+            ) from None
+        if not 0 < recv_window <= _MAX_RECV_WINDOW_MS:
+            raise BinanceError(400, -1131, "recvWindow must be less than 60000")
+        server_time = now_ms()
+        if timestamp >= server_time + _FUTURE_TOLERANCE_MS or server_time - timestamp > recv_window:
+            raise BinanceError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+
+    def signed(self, answer: Callable[[Mapping[str, str]], Any]) -> _Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                return _json(answer(await self._params(request)))
+            except BinanceError as error:
+                return _binance_error(error)
+
+        return handle
+
+    def order_post(self, endpoint: str, place: _Placer) -> _Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            received = time.monotonic()
+            try:
+                params = await self._params(request)
+            except BinanceError as error:
+                return _binance_error(error)
+            action, faults = self._state.take_fault()
+            if action == "drop":
+                self._state.record_unanswered(endpoint, params, received, "DROPPED", None)
+                if request.transport is not None:
+                    request.transport.abort()
+                # The client has lost its connection; this response is never written.
+                return web.Response(status=503)
+            if action == "fail":
+                self._state.record_unanswered(endpoint, params, received, "REJECTED", faults.fail_code)
+                return _json(
+                    {"code": faults.fail_code, "msg": faults.fail_msg}, status=faults.fail_http_status
+                )
+            try:
+                order = place(params, received)
+            except BinanceError as error:
+                return _binance_error(error)
+            if faults.latency_ms:
+                await asyncio.sleep(faults.latency_ms / 1000)
+            return _json(order)
+
+        return handle
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="body must be JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
+
+
+def _control_routes(state: ExchangeState) -> list[web.RouteDef]:
+    async def info(_: web.Request) -> web.StreamResponse:
+        return _json({"emulator": EMULATOR_NAME, "version": __version__, "symbols": sorted(MARKETS)})
+
+    async def orders(_: web.Request) -> web.StreamResponse:
+        return _json({"orders": [entry.to_json() for entry in state.order_log()]})
+
+    async def get_positions(_: web.Request) -> web.StreamResponse:
+        return _json({symbol: float(state.position_amount(symbol)) for symbol in MARKETS})
+
+    async def set_positions(request: web.Request) -> web.StreamResponse:
+        try:
+            state.set_positions(await _json_object(request))
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+        return await get_positions(request)
+
+    async def set_marks(request: web.Request) -> web.StreamResponse:
+        try:
+            state.set_mark_prices(await _json_object(request))
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+        return _json({"ok": True})
+
+    async def reset(_: web.Request) -> web.StreamResponse:
+        state.reset()
+        log.info("state reset")
+        return _json({"ok": True})
+
+    async def get_faults(_: web.Request) -> web.StreamResponse:
+        return _json(asdict(state.faults()))
+
+    async def set_faults(request: web.Request) -> web.StreamResponse:
+        try:
+            faults = Faults.from_json(await _json_object(request))
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+        state.set_faults(faults)
+        log.info("faults set: %s", faults)
+        return _json(asdict(faults))
+
+    return [
+        web.get("/_emulator/info", info),
+        web.get("/_emulator/orders", orders),
+        web.get("/_emulator/positions", get_positions),
+        web.post("/_emulator/positions", set_positions),
+        web.post("/_emulator/marks", set_marks),
+        web.post("/_emulator/reset", reset),
+        web.get("/_emulator/faults", get_faults),
+        web.post("/_emulator/faults", set_faults),
+    ]
+
+
+def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Application:
+    api = _BinanceApi(state, api_key, api_secret)
+
+    async def ping(_: web.Request) -> web.StreamResponse:
+        return _json({})
+
+    async def server_time(_: web.Request) -> web.StreamResponse:
+        return _json({"serverTime": now_ms()})
+
+    async def info(_: web.Request) -> web.StreamResponse:
+        return _json(exchange_info(now_ms()))
+
+    def brackets(params: Mapping[str, str]) -> Any:
+        symbol = params.get("symbol")
+        if not symbol:
+            return [leverage_brackets(spec) for spec in MARKETS.values()]
+        if symbol not in MARKETS:
+            raise BinanceError(400, -1121, "Invalid symbol.")
+        return leverage_brackets(MARKETS[symbol])
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/fapi/v1/ping", ping),
+            web.get("/fapi/v1/time", server_time),
+            web.get("/fapi/v1/exchangeInfo", info),
+            web.get("/fapi/v1/leverageBracket", api.signed(brackets)),
+            web.get("/fapi/v2/positionRisk", api.signed(state.positions_v2)),
+            web.get("/fapi/v3/positionRisk", api.signed(state.positions_v3)),
+            web.get("/fapi/v1/order", api.signed(state.query_order)),
+            web.post("/fapi/v1/order", api.order_post("order", state.new_order)),
+            web.get("/fapi/v1/algoOrder", api.signed(state.query_algo_order)),
+            web.post("/fapi/v1/algoOrder", api.order_post("algoOrder", state.new_algo_order)),
+            *_control_routes(state),
+        ]
+    )
+    return app
+
+
+class ExchangeEmulator:
+    """The emulator on a loopback port, served by its own thread and event loop (tests, benchmark).
+
+    with ExchangeEmulator("key", "secret") as emulator:
+        emulator.set_positions({"BTCUSDT": 0.5})
+        ... point the client at emulator.base_url ...
+    """
+
+    def __init__(self, api_key: str, api_secret: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._state = ExchangeState()
+        self._app = build_app(self._state, api_key, api_secret)
+        self._host = host
+        self._port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        sock = socket.create_server((self._host, self._port), backlog=1024)
+        self._port = sock.getsockname()[1]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="exchange-emulator", daemon=True)
+        self._thread.start()
+        self._runner = web.AppRunner(self._app, access_log=None)
+        asyncio.run_coroutine_threadsafe(self._serve(self._runner, sock), self._loop).result()
+
+    @staticmethod
+    async def _serve(runner: web.AppRunner, sock: socket.socket) -> None:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None or self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._loop = self._thread = self._runner = None
+
+    def __enter__(self) -> "ExchangeEmulator":
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def orders(self) -> list[OrderLogEntry]:
+        return self._state.order_log()
+
+    def position_amount(self, symbol: str) -> float:
+        return float(self._state.position_amount(symbol))
+
+    def set_positions(self, amounts: Mapping[str, float | str]) -> None:
+        self._state.set_positions(amounts)
+
+    def set_mark_prices(self, prices: Mapping[str, float | str]) -> None:
+        self._state.set_mark_prices(prices)
+
+    def set_faults(self, faults: Faults) -> None:
+        self._state.set_faults(faults)
+
+    def reset(self) -> None:
+        self._state.reset()
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+class _StartRefused(Exception):
+    """A reason not to start, worded for the operator."""
+
+
+def _read_credentials(environ: Mapping[str, str]) -> tuple[str, str]:
+    """The API key and secret, read like the service reads them (systemd LoadCredential= first)."""
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    values: list[str] = []
+    for name in ("BINANCE_API_KEY", "BINANCE_API_SECRET"):
+        if directory:
+            path = Path(directory) / name
+            try:
+                value = path.read_text().strip()
+            except OSError as error:
+                raise _StartRefused(f"cannot read credential {path}: {error.strerror}") from None
+            where = f"credential file {path}"
+        else:
+            value = environ.get(name, "").strip()
+            where = f"environment variable {name}"
+        if not value:
+            raise _StartRefused(
+                f"{name} is missing or empty ({where}); set BINANCE_API_KEY and BINANCE_API_SECRET, or pass "
+                "them as systemd credentials (LoadCredential=) so they appear under $CREDENTIALS_DIRECTORY"
+            )
+        values.append(value)
+    return values[0], values[1]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _symbol_number(text: str) -> tuple[str, str]:
+    symbol, sep, number = text.partition("=")
+    if not sep or symbol not in MARKETS:
+        raise argparse.ArgumentTypeError(
+            f"expected SYMBOL=NUMBER with SYMBOL one of {sorted(MARKETS)}, got {text!r}"
+        )
+    return symbol, number
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=EMULATOR_NAME,
+        description="A Binance USD-M Futures emulator for tests, benchmarks and the lab. "
+        "Credentials: $CREDENTIALS_DIRECTORY/BINANCE_API_KEY and BINANCE_API_SECRET, else the environment "
+        "variables of the same names.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
+    parser.add_argument(
+        "--position",
+        type=_symbol_number,
+        action="append",
+        default=[],
+        metavar="SYMBOL=AMOUNT",
+        help="an initial signed position, e.g. BTCUSDT=0.5 (repeatable)",
+    )
+    parser.add_argument(
+        "--mark",
+        type=_symbol_number,
+        action="append",
+        default=[],
+        metavar="SYMBOL=PRICE",
+        help="an initial mark price, e.g. BTCUSDT=65000 (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        help="listen on a non-loopback address (the control endpoints are unauthenticated)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        if not _is_loopback(args.host) and not args.allow_non_loopback:
+            raise _StartRefused(
+                f"--host {args.host} is not a loopback address; the control endpoints are unauthenticated, "
+                "so pass --allow-non-loopback only on an isolated network"
+            )
+        api_key, api_secret = _read_credentials(os.environ)
+        state = ExchangeState()
+        state.set_positions(dict(args.position))
+        state.set_mark_prices(dict(args.mark))
+    except (_StartRefused, ValueError) as error:
+        print(f"{EMULATOR_NAME}: refusing to start: {error}", file=sys.stderr)
+        return 2
+    log.info(
+        "%s %s listening on http://%s:%d, symbols %s",
+        EMULATOR_NAME,
+        __version__,
+        args.host,
+        args.port,
+        ",".join(sorted(MARKETS)),
+    )
+    try:
+        web.run_app(
+            build_app(state, api_key, api_secret),
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=None,
+            backlog=1024,
+        )
+    except OSError as error:
+        print(f"{EMULATOR_NAME}: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

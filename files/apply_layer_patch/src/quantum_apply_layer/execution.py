@@ -1,0 +1,156 @@
+"""From a gated plan step to at most one exchange order.
+
+Sizing is pure (testable without an exchange). Sending is never retried: a retried POST could open a
+second order. A plan resumed after a crash first looks its orders up by client order id, and sends
+only the steps the exchange has never seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from . import metrics
+from .exchange import Exchange, ExchangeError, OrderAck, client_order_id
+from .plan import OrderType, Plan, Step
+
+log = logging.getLogger(__name__)
+Side = Literal["BUY", "SELL"]
+# Amounts closer than this are the same position (exchange quantities have at most 8 decimals).
+POSITION_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    index: int
+    step: str
+    status: str  # sent, found (sent before a crash), nothing_to_do, blocked, rejected, error
+    client_order_id: str
+    exchange_order_id: str = ""
+    detail: str = ""
+    quantity: float = 0.0
+
+    @property
+    def placed(self) -> bool:
+        return self.status in {"sent", "found"}
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def close_side(position_amt: float) -> Side:
+    return "SELL" if position_amt > 0 else "BUY"
+
+
+def close_quantity(step: Step, position_amt: float, safe_close_qty: float | None) -> float:
+    """The step's share of the position, never more than what P3.3 judged safe to close."""
+    quantity = abs(position_amt) * (step.pct or 0.0) / 100
+    if safe_close_qty is not None:
+        quantity = min(quantity, safe_close_qty)
+    return max(quantity, 0.0)
+
+
+def positions_disagree(p33_amt: float | None, exchange_amt: float) -> bool:
+    if p33_amt is None:
+        return False
+    return abs(p33_amt - exchange_amt) > POSITION_TOLERANCE
+
+
+def opposite_sides(p33_amt: float | None, exchange_amt: float) -> bool:
+    """P3.3 judged a long and the exchange holds a short (or the reverse): its permit is for another position."""
+    return p33_amt is not None and p33_amt * exchange_amt < 0
+
+
+class MismatchClock:
+    """position_mismatch_seconds: how long P3.3 and the exchange have disagreed, per symbol."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+
+    def observe(self, symbol: str, disagree: bool) -> None:
+        if disagree:
+            first = self._since.setdefault(symbol, time.time())
+            metrics.position_mismatch_seconds.labels(symbol).set(time.time() - first)
+        else:
+            self._since.pop(symbol, None)
+            metrics.position_mismatch_seconds.labels(symbol).set(0)
+
+    def refresh(self) -> None:
+        now = time.time()
+        for symbol, first in self._since.items():
+            metrics.position_mismatch_seconds.labels(symbol).set(now - first)
+
+
+class StepExecutor:
+    def __init__(self, exchange: Exchange, mismatch: MismatchClock) -> None:
+        self._exchange = exchange
+        self._mismatch = mismatch
+
+    async def run(self, plan: Plan, index: int, p33: dict[str, object], resumed: bool) -> StepOutcome:
+        step = plan.steps[index]
+        coid = client_order_id(plan.plan_id, index)
+        try:
+            if resumed:
+                found = await self._exchange.find_order(plan.symbol, coid)
+                if found is not None:
+                    return self._outcome(index, step, "found", coid, found, "sent before a restart")
+            return await self._send(plan, index, step, coid, p33)
+        except ExchangeError as error:
+            return await self._after_error(plan, index, step, coid, error)
+
+    async def _send(self, plan: Plan, index: int, step: Step, coid: str, p33: dict[str, object]) -> StepOutcome:
+        position = await self._exchange.position_amount(plan.symbol)
+        p33_amt = _float(p33.get("exchange_position_amt"))
+        self._mismatch.observe(plan.symbol, positions_disagree(p33_amt, position))
+        if opposite_sides(p33_amt, position):
+            detail = f"position_mismatch: P3.3 saw {p33_amt}, exchange holds {position}"
+            return StepOutcome(index, step.kind, "blocked", coid, detail=detail)
+        if position == 0:
+            return StepOutcome(index, step.kind, "nothing_to_do", coid, detail="no open position")
+        side = close_side(position)
+        if step.order_type is OrderType.STOP_LOSS_ORDER:
+            assert step.price is not None  # validated in plan.py
+            ack = await self._exchange.send_stop_market_close(plan.symbol, side, step.price, coid)
+            return self._sent(index, step, coid, ack, 0.0)
+        quantity = close_quantity(step, position, _float(p33.get("safe_close_qty")))
+        if quantity <= 0:
+            return StepOutcome(index, step.kind, "nothing_to_do", coid, detail="safe_close_qty is 0")
+        ack = await self._exchange.send_reduce_only_market(plan.symbol, side, quantity, coid)
+        return self._sent(index, step, coid, ack, quantity)
+
+    async def _after_error(
+        self, plan: Plan, index: int, step: Step, coid: str, error: ExchangeError
+    ) -> StepOutcome:
+        """A timeout leaves it unknown whether the exchange took the order: ask it, once, before saying."""
+        if error.kind in {"timeout", "network"}:
+            try:
+                found = await self._exchange.find_order(plan.symbol, coid)
+            except ExchangeError as lookup_error:
+                detail = f"{error.kind}: {error}; lookup failed too ({lookup_error.kind}): outcome unknown"
+                return StepOutcome(index, step.kind, "error", coid, detail=detail)
+            if found is not None:
+                return self._outcome(index, step, "found", coid, found, f"{error.kind}, then found")
+        status = "rejected" if error.kind == "rejected" else "error"
+        code = f" code={error.code}" if error.code is not None else ""
+        return StepOutcome(index, step.kind, status, coid, detail=f"{error.kind}{code}: {error}")
+
+    def _sent(self, index: int, step: Step, coid: str, ack: OrderAck, quantity: float) -> StepOutcome:
+        metrics.apply_last_execution_timestamp_seconds.set(time.time())
+        return StepOutcome(index, step.kind, "sent", coid, ack.exchange_order_id, ack.status, quantity)
+
+    @staticmethod
+    def _outcome(index: int, step: Step, status: str, coid: str, ack: OrderAck, detail: str) -> StepOutcome:
+        return StepOutcome(index, step.kind, status, coid, ack.exchange_order_id, detail, ack.filled_qty)
+
+
+def _float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

@@ -1,0 +1,33 @@
+"""The Redis names of CONTRACT.md, in one place. Other systems use them: never rename."""
+
+PLAN_STREAM = "quantum:stream:apply.plan"
+RESULT_STREAM = "quantum:stream:apply.result"
+DLQ_STREAM = "quantum:stream:apply.dlq"
+AUDIT_STREAM = "quantum:stream:kill_switch.audit"
+GLOBAL_SWITCH = "quantum:global:kill_switch"
+GLOBAL_SWITCH_REASON = "quantum:global:kill_switch:reason"
+SYMBOL_SWITCH_PREFIX = "quantum:kill_switch:symbol:"
+PERMIT_PREFIX = "quantum:permit:"
+P33_PERMIT_PREFIX = "quantum:permit:p33:"
+# Not in the contract, so named to stay out of the contract's key patterns (`...:symbol:*`).
+SYMBOL_SWITCH_REASON_PREFIX = "quantum:kill_switch:symbol_reason:"
+
+
+def governor_permit(plan_id: str) -> str:
+    return f"{PERMIT_PREFIX}{plan_id}"
+
+
+def p33_permit(plan_id: str) -> str:
+    return f"{P33_PERMIT_PREFIX}{plan_id}"
+
+
+def dedupe_mark(plan_id: str) -> str:
+    return f"quantum:apply:dedupe:{plan_id}"
+
+
+def symbol_switch(symbol: str) -> str:
+    return f"{SYMBOL_SWITCH_PREFIX}{symbol}"
+
+
+def symbol_switch_reason(symbol: str) -> str:
+    return f"{SYMBOL_SWITCH_REASON_PREFIX}{symbol}"

@@ -1,0 +1,89 @@
+"""What the service reports while it runs: the switch as it reads it, stream lag, Redis health, and
+the systemd watchdog, which is fed only while this loop (and so the event loop) is alive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import sdnotify
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import keys, metrics
+from .execution import MismatchClock
+from .switch import SwitchState, read_global_switch, read_symbol_switches
+
+log = logging.getLogger(__name__)
+STATES = [*(state.value for state in SwitchState), "unknown"]
+SLOW_EVERY = 5  # lag and per-symbol switches: every 5th tick is enough
+
+
+class Monitor:
+    def __init__(self, redis: Redis, group: str, mismatch: MismatchClock, notify: Notifier) -> None:
+        self._redis = redis
+        self._group = group
+        self._mismatch = mismatch
+        self._notify = notify
+        self._last_state: str | None = None
+
+    async def run(self, stopping: asyncio.Event, interval_s: float = 1.0) -> None:
+        tick = 0
+        while not stopping.is_set():
+            self._notify("WATCHDOG=1")
+            await self.sample(slow=tick % SLOW_EVERY == 0)
+            self._mismatch.refresh()
+            tick += 1
+            try:
+                await asyncio.wait_for(stopping.wait(), interval_s)
+            except TimeoutError:
+                continue
+
+    async def sample(self, slow: bool) -> None:
+        try:
+            reading = await read_global_switch(self._redis)
+            state = reading.state.value
+            if slow:
+                await self._sample_streams()
+                engaged = [r for r in await read_symbol_switches(self._redis) if r.state is not SwitchState.RUNNING]
+                metrics.apply_symbol_switches_engaged.set(len(engaged))
+            metrics.apply_redis_up.set(1)
+        except (RedisError, OSError) as error:
+            metrics.apply_redis_up.set(0)
+            metrics.apply_redis_errors_total.inc()
+            log.warning("Redis unreadable: execution is halted until it answers (%s)", error)
+            state = "unknown"
+        self._set_state(state)
+
+    def _set_state(self, state: str) -> None:
+        for name in STATES:
+            metrics.apply_kill_switch_state.labels(name).set(1 if name == state else 0)
+        if state != self._last_state:
+            if self._last_state is not None:
+                log.warning("kill switch state %s -> %s", self._last_state, state)
+            metrics.apply_kill_switch_last_change_timestamp_seconds.set(time.time())
+            self._last_state = state
+            self._notify(f"STATUS=kill switch {state}")
+
+    async def _sample_streams(self) -> None:
+        for group in await self._redis.xinfo_groups(keys.PLAN_STREAM):
+            name = group.get("name")
+            if isinstance(name, bytes):
+                name = name.decode()
+            if name == self._group:
+                metrics.apply_plan_stream_lag.set(float(group.get("lag") or 0))
+                metrics.apply_plan_stream_pending.set(float(group.get("pending") or 0))
+
+
+class Notifier:
+    """sd_notify when systemd gave us a socket; nothing otherwise (tests, a shell)."""
+
+    def __init__(self) -> None:
+        self._notifier = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
+
+    def __call__(self, message: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(message)

@@ -1,0 +1,72 @@
+"""`quantum-apply-layer run`: wire settings, Redis, the exchange, metrics and systemd together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
+
+from . import __version__, metrics
+from .config import Credentials, Settings
+from .exchange import Exchange
+from .monitor import Monitor, Notifier
+from .service import ApplyLayer
+
+log = logging.getLogger(__name__)
+
+
+def connect_redis(settings: Settings) -> Redis:
+    # Short timeouts: a Redis that does not answer must halt execution quickly, not hang it.
+    return Redis.from_url(
+        settings.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10,
+        client_name=f"apply-layer:{settings.consumer_name}",
+    )
+
+
+def publish_build_info(settings: Settings) -> None:
+    metrics.apply_build_info.labels(__version__, settings.mode).set(1)
+    metrics.apply_testnet.set(1 if settings.testnet else 0)
+    metrics.apply_redis_up.set(0)
+    metrics.apply_exchange_up.set(0)
+
+
+async def serve(settings: Settings, credentials: Credentials) -> None:
+    publish_build_info(settings)
+    start_http_server(settings.metrics_port, settings.metrics_addr, registry=metrics.REGISTRY)
+    redis = connect_redis(settings)
+    exchange = Exchange(settings.exchange_url, credentials.api_key, credentials.api_secret,
+                        settings.exchange_timeout_s)
+    service = ApplyLayer(settings, redis, exchange)
+    notify = Notifier()
+    monitor = Monitor(redis, settings.consumer_group, service.mismatch, notify)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stopper(service, notify))
+    log.info("starting", extra={"version": __version__, **settings.describe()})
+    monitor_task = asyncio.create_task(monitor.run(service.stopping), name="monitor")
+    run_task = asyncio.create_task(service.run(), name="apply-layer")
+    # Ready once serving: with Redis down the service stays up, halted (fail closed) and alerting,
+    # rather than being restarted in a loop by systemd.
+    notify("READY=1")
+    try:
+        await run_task
+    finally:
+        service.stop()
+        await monitor_task
+        await exchange.close()
+        await redis.aclose()
+        log.info("stopped")
+
+
+def _stopper(service: ApplyLayer, notify: Notifier) -> Callable[[], None]:
+    def stop() -> None:
+        log.warning("stop asked: finishing plans in hand, claiming no more")
+        notify("STOPPING=1")
+        service.stop()
+
+    return stop

@@ -1,0 +1,347 @@
+"""The apply layer's path for each plan, top to bottom: receive -> validate -> gate -> execute -> record.
+
+Plans come from a consumer group, so several processes share the stream and a dead process's
+plans are reclaimed. Plans of one symbol run in stream order; different symbols run side by side,
+at most APPLY_MAX_IN_FLIGHT at a time. Every Redis failure stops the plan in hand before anything is
+sent (fail closed) and leaves it pending, to be taken up again once Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from . import gates, keys, metrics
+from .config import Settings
+from .exchange import Exchange, ExchangeError, client_order_id
+from .execution import MismatchClock, StepExecutor, StepOutcome
+from .plan import SYMBOL_PATTERN, Plan, PlanError, parse_plan
+from .permits import PermitWatcher, check_notifications
+from .records import Recorder, Result
+from .scripts import Scripts, register_scripts
+
+log = logging.getLogger(__name__)
+READ_BATCH = 64
+READ_BLOCK_MS = 1000
+MAX_BACKOFF_S = 1.0
+
+
+class RedisUnavailable(Exception):
+    """Redis failed while a plan was in hand: the plan stays pending and nothing more is sent for it."""
+
+
+class ApplyLayer:
+    def __init__(self, settings: Settings, redis: Redis, exchange: Exchange) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.exchange = exchange
+        self.scripts: Scripts = register_scripts(redis)
+        self.permits = PermitWatcher(redis)
+        self.mismatch = MismatchClock()
+        self.executor = StepExecutor(exchange, self.mismatch)
+        self.recorder = Recorder(
+            redis, settings.consumer_group, settings.consumer_name, settings.mode,
+            settings.result_maxlen, settings.dedupe_ttl_s,
+        )
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._symbol_locks: dict[str, asyncio.Lock] = {}
+        self._in_flight: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop claiming: plans already sending finish, plans not yet claimed stay pending."""
+        self.stopping.set()
+
+    async def run(self) -> None:
+        await self._start()
+        self.permits.start()
+        self.ready.set()
+        log.info("consuming plans")
+        try:
+            await self._consume()
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.permits.stop()
+
+    async def _start(self) -> None:
+        """Wait, without consuming anything, until Redis and the exchange both answer."""
+        delay = 0.05
+        while not self.stopping.is_set():
+            try:
+                await check_notifications(self.redis)
+                await self._ensure_group()
+                await self.exchange.open()
+                return
+            except (RedisError, OSError, ExchangeError) as error:
+                _redis_failed(error)
+                log.warning("waiting for Redis and the exchange: %s", error)
+                await self._sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _ensure_group(self) -> None:
+        try:
+            # From the stream's start: every plan gets a result; stale ones are blocked by their age.
+            await self.redis.xgroup_create(keys.PLAN_STREAM, self.settings.consumer_group, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    # ---- receive -----------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        pending_cursor: str | None = "0"  # our own unacknowledged plans first (a restart, an outage)
+        next_reclaim = 0.0
+        delay = 0.05
+        while not self.stopping.is_set():
+            try:
+                if pending_cursor is not None:
+                    entries = await self._read(pending_cursor, block=None)
+                    pending_cursor = entries[-1][0] if entries else None
+                    await self._dispatch_all(entries, recovered=True)
+                elif time.monotonic() >= next_reclaim:
+                    await self._reclaim_from_dead_consumers()
+                    next_reclaim = time.monotonic() + self.settings.reclaim_idle_ms / 2000
+                else:
+                    await self._dispatch_all(await self._read(">", block=READ_BLOCK_MS), recovered=False)
+                metrics.apply_redis_up.set(1)
+                delay = 0.05
+            except (RedisError, OSError) as error:
+                _redis_failed(error)
+                log.warning("reading plans failed, will retry: %s", error)
+                pending_cursor = "0"
+                await self._sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _read(self, cursor: str, block: int | None) -> list[tuple[str, dict[str, str] | None]]:
+        reply = await self.redis.xreadgroup(
+            self.settings.consumer_group, self.settings.consumer_name, {keys.PLAN_STREAM: cursor},
+            count=READ_BATCH, block=block,
+        )
+        entries = []
+        for _stream, stream_entries in reply or []:
+            for entry_id, fields in stream_entries:
+                entries.append((_text(entry_id), _decode(fields) if fields else None))
+        return entries
+
+    async def _reclaim_from_dead_consumers(self) -> None:
+        """Plans a crashed consumer read but never recorded: take them over and resume them."""
+        start = "0-0"
+        while not self.stopping.is_set():
+            reply = await self.redis.xautoclaim(
+                keys.PLAN_STREAM, self.settings.consumer_group, self.settings.consumer_name,
+                min_idle_time=self.settings.reclaim_idle_ms, start_id=start, count=READ_BATCH,
+            )
+            start, claimed = _text(reply[0]), reply[1]
+            entries = [(_text(entry_id), _decode(fields) if fields else None) for entry_id, fields in claimed]
+            if entries:
+                log.warning("reclaimed %d plans from a dead consumer", len(entries))
+            await self._dispatch_all(entries, recovered=True)
+            if start == "0-0":
+                return
+
+    async def _dispatch_all(self, entries: list[tuple[str, dict[str, str] | None]], recovered: bool) -> None:
+        for entry_id, fields in entries:
+            if entry_id in self._in_flight:
+                continue
+            await self._slots.acquire()
+            self._in_flight.add(entry_id)
+            task = asyncio.create_task(self._run_entry(entry_id, fields, recovered), name=f"plan-{entry_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_entry(self, entry_id: str, fields: dict[str, str] | None, recovered: bool) -> None:
+        symbol = (fields or {}).get("symbol", "").strip()
+        lock = self._symbol_locks.setdefault(symbol, asyncio.Lock()) if SYMBOL_PATTERN.match(symbol) else None
+        try:
+            if lock is None:
+                await self.handle(entry_id, fields, recovered)
+            else:
+                async with lock:
+                    await self.handle(entry_id, fields, recovered)
+        except RedisUnavailable as error:
+            log.warning("plan %s left pending: %s", entry_id, error)
+        except Exception:
+            # A bug must not kill the loop, and must not ack: the plan stays pending for a look.
+            log.exception("plan %s failed unexpectedly and stays pending", entry_id)
+        finally:
+            self._in_flight.discard(entry_id)
+            self._slots.release()
+
+    # ---- validate, gate, execute, record -------------------------------------------------------
+    async def handle(self, entry_id: str, fields: dict[str, str] | None, recovered: bool) -> None:
+        started = time.perf_counter()
+        if fields is None:  # trimmed from the stream before we could read it
+            await self._record(entry_id, Result("", "", "dead_letter", "entry_deleted: no fields"), started, False)
+            return
+        try:
+            plan = parse_plan(fields)
+        except PlanError as error:
+            await self._dead_letter(entry_id, fields, error, started)
+            return
+
+        verdict = gates.decision_gate(plan) or gates.freshness_gate(plan, time.time(), self.settings.max_plan_age_s)
+        if verdict is not None:
+            await self._record(entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started, False)
+            return
+        if self.stopping.is_set():
+            raise RedisUnavailable("stopping before the claim")  # left pending for the next start
+
+        claim = await self._claim_waiting_for_permits(plan, entry_id)
+        verdict = gates.claim_verdict(claim)
+        if verdict is not None:
+            _count_denial(claim)
+            await self._record(entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started, False)
+            return
+        if not self.settings.testnet and claim.kind == "claimed":
+            metrics.p33_permit_allow_total.inc()
+
+        outcomes = await self._execute(plan, entry_id, claim, resumed=recovered or claim.kind == "resume")
+        await self._record(entry_id, _result_of(plan, outcomes), started, True)
+
+    async def _claim_waiting_for_permits(self, plan: Plan, entry_id: str) -> gates.ClaimResult:
+        waited_from = time.perf_counter()
+        deadline = time.monotonic() + self.settings.permit_timeout_s
+        permit_keys = [keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id)]
+        async with self.permits.watching(permit_keys) as changed:
+            while True:
+                changed.clear()
+                claim = await self._claim(plan, entry_id)
+                if claim.kind != "permit_missing":
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        if not self.settings.testnet:
+            waited = time.perf_counter() - waited_from
+            metrics.permit_wait_ms.observe(waited * 1000)
+            metrics.apply_permit_wait_seconds.observe(waited)
+        return claim
+
+    async def _claim(self, plan: Plan, entry_id: str) -> gates.ClaimResult:
+        try:
+            reply = await self.scripts.claim(
+                keys=[
+                    keys.GLOBAL_SWITCH, keys.symbol_switch(plan.symbol), keys.dedupe_mark(plan.plan_id),
+                    keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id),
+                ],
+                args=[
+                    entry_id, "0" if self.settings.testnet else "1", "1" if plan.only_reduces else "0",
+                    self.settings.dedupe_ttl_s, self.settings.consumer_name,
+                ],
+            )
+        except (RedisError, OSError) as error:
+            _redis_failed(error)
+            raise RedisUnavailable(f"claim failed: {error}") from error
+        return gates.ClaimResult.from_script(reply)
+
+    async def _execute(
+        self, plan: Plan, entry_id: str, claim: gates.ClaimResult, resumed: bool
+    ) -> list[StepOutcome]:
+        outcomes: list[StepOutcome] = []
+        for index in range(len(plan.steps)):
+            if index > 0:
+                # A halt set while earlier steps were sending stops the steps not yet sent.
+                again = await self._claim(plan, entry_id)
+                if again.kind != "resume":
+                    reason = gates.claim_verdict(again)
+                    detail = reason.reason if reason else again.kind
+                    outcomes.append(_not_sent(plan, index, "halted", detail))
+                    break
+            outcome = await self.executor.run(plan, index, claim.p33_permit, resumed)
+            outcomes.append(outcome)
+            if outcome.status in {"rejected", "error", "blocked"}:
+                break  # fail closed: later steps assumed this one worked
+        return outcomes
+
+    async def _dead_letter(self, entry_id: str, fields: Mapping[str, str], error: PlanError, started: float) -> None:
+        metrics.apply_dead_letters_total.labels(error.reason).inc()
+        log.warning("plan %s dead-lettered: %s", entry_id, error)
+        result = Result(fields.get("plan_id", ""), fields.get("symbol", ""), "dead_letter", str(error))
+        await self._record(entry_id, result, started, False, {**fields, "dlq_reason": str(error)})
+
+    async def _record(
+        self, entry_id: str, result: Result, started: float, claimed: bool,
+        dead_letter: Mapping[str, str] | None = None,
+    ) -> None:
+        """Retried until Redis takes it: once an order went out, its result must not be lost."""
+        delay = 0.05
+        while True:
+            try:
+                await self.recorder.record(entry_id, result, time.perf_counter() - started, claimed, dead_letter)
+                break
+            except (RedisError, OSError) as error:
+                _redis_failed(error)
+                if not claimed:
+                    raise RedisUnavailable(f"recording failed: {error}") from error
+                log.warning("recording plan %s failed, retrying: %s", result.plan_id, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        metrics.apply_executed_total.labels(result.status).inc()
+        metrics.apply_plan_duration_seconds.observe(time.perf_counter() - started)
+        log.info(
+            "plan handled", extra={"plan_id": result.plan_id, "status": result.status, "reason": result.reason}
+        )
+
+
+def _result_of(plan: Plan, outcomes: list[StepOutcome]) -> Result:
+    placed = sum(outcome.placed for outcome in outcomes)
+    last = outcomes[-1]
+    steps = [outcome.as_dict() for outcome in outcomes]
+    if placed == len(plan.steps):
+        return Result(plan.plan_id, plan.symbol, "executed", "", steps)
+    if placed:
+        return Result(plan.plan_id, plan.symbol, "partial", f"step {last.index} {last.status}: {last.detail}", steps)
+    if all(outcome.status == "nothing_to_do" for outcome in outcomes):
+        return Result(plan.plan_id, plan.symbol, "skipped", f"nothing_to_do: {last.detail}", steps)
+    status = "halted" if last.status == "halted" else ("blocked" if last.status == "blocked" else "error")
+    return Result(plan.plan_id, plan.symbol, status, f"step {last.index} {last.status}: {last.detail}", steps)
+
+
+def _not_sent(plan: Plan, index: int, status: str, detail: str) -> StepOutcome:
+    return StepOutcome(index, plan.steps[index].kind, status, client_order_id(plan.plan_id, index), detail=detail)
+
+
+def _count_denial(claim: gates.ClaimResult) -> None:
+    if claim.kind == "permit_missing":
+        for missing in claim.detail.split(","):
+            counter = metrics.governor_block_total if missing == "governor" else metrics.p33_permit_deny_total
+            counter.labels("timeout").inc()
+    elif claim.kind == "denied":
+        which, _, reason = claim.detail.partition(":")
+        counter = metrics.governor_block_total if which == "governor" else metrics.p33_permit_deny_total
+        counter.labels(_label(reason)).inc()
+
+
+def _label(reason: str) -> str:
+    """Keep label values few: free text from upstream would make a series per message."""
+    cleaned = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in reason.lower())[:40]
+    return cleaned or "unspecified"
+
+
+def _redis_failed(error: BaseException) -> None:
+    if isinstance(error, RedisError | OSError):
+        metrics.apply_redis_up.set(0)
+        metrics.apply_redis_errors_total.inc()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(key): _text(value) for key, value in fields.items()}

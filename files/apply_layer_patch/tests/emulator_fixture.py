@@ -1,0 +1,27 @@
+"""Fixtures for the exchange emulator, shared by every test that needs an exchange.
+
+conftest.py registers them with `pytest_plugins = ["emulator_fixture"]`. One emulator serves the whole
+session on a free loopback port (its own thread and event loop); each test gets it reset.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+
+from quantum_apply_layer.emulator import ExchangeEmulator
+
+EMULATOR_API_KEY = "emulator-test-key"
+EMULATOR_API_SECRET = "emulator-test-secret"  # noqa: S105 - a credential of the emulator only
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[ExchangeEmulator]:
+    with ExchangeEmulator(EMULATOR_API_KEY, EMULATOR_API_SECRET) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def emulator(emulator_session: ExchangeEmulator) -> ExchangeEmulator:
+    """The session's emulator, flat, with default mark prices, no orders and no faults."""
+    emulator_session.reset()
+    return emulator_session

@@ -1,0 +1,285 @@
+"""The exchange adapter: ccxt's binanceusdm against the emulator on loopback, Binance's rules included."""
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
+
+import quantum_apply_layer
+from quantum_apply_layer import metrics
+from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.emulator_state import CLIENT_ORDER_ID_PATTERN, Faults
+from quantum_apply_layer.exchange import Exchange, ExchangeError, client_order_id
+
+TIMEOUT_S = 2.0
+
+
+@pytest.fixture
+async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
+    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, TIMEOUT_S)
+    await adapter.open()
+    yield adapter
+    await adapter.close()
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_ping_and_signed_positions(emulator: ExchangeEmulator, exchange: Exchange) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5, "ETHUSDT": -1.2})
+    await exchange.ping()
+    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.5)
+    assert await exchange.position_amount("ETHUSDT") == pytest.approx(-1.2)
+    assert await exchange.position_amount("SOLUSDT") == 0.0
+    assert sample("apply_exchange_up") == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "secret", "code"),
+    [(EMULATOR_API_KEY, "wrong-secret", -1022), ("wrong-key", EMULATOR_API_SECRET, -2015)],
+)
+async def test_bad_credentials_are_auth_errors(
+    emulator: ExchangeEmulator, key: str, secret: str, code: int
+) -> None:
+    adapter = Exchange(emulator.base_url, key, secret, TIMEOUT_S)
+    try:
+        await adapter.open()  # exchangeInfo is public
+        with pytest.raises(ExchangeError) as failure:
+            await adapter.position_amount("BTCUSDT")
+    finally:
+        await adapter.close()
+    assert (failure.value.kind, failure.value.code) == ("auth", code)
+
+
+async def test_reduce_only_close_changes_the_position(emulator: ExchangeEmulator, exchange: Exchange) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    sent_before = sample("apply_orders_sent_total", type="MARKET")
+    ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.2, "qh-plan-a-0")
+    assert (ack.client_order_id, ack.status) == ("qh-plan-a-0", "FILLED")
+    assert ack.filled_qty == pytest.approx(0.2)
+    assert ack.exchange_order_id
+    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.3)
+    assert sample("apply_orders_sent_total", type="MARKET") == sent_before + 1
+
+
+async def test_quantity_is_cut_to_the_lot_step(emulator: ExchangeEmulator, exchange: Exchange) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.12345, "qh-plan-b-0")
+    assert [order.quantity for order in emulator.orders()] == [0.123]
+
+
+async def test_quantity_rounding_to_zero_is_rejected_unsent(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    with pytest.raises(ExchangeError) as failure:
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.0004, "qh-plan-c-0")
+    assert failure.value.kind == "rejected"
+    assert emulator.orders() == []
+
+
+@pytest.mark.parametrize(
+    ("side", "quantity"), [("SELL", 0.6), ("BUY", 0.1)], ids=["would-flip", "would-grow"]
+)
+async def test_close_that_does_not_reduce_is_rejected(
+    emulator: ExchangeEmulator, exchange: Exchange, side: Literal["BUY", "SELL"], quantity: float
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    with pytest.raises(ExchangeError) as failure:
+        await exchange.send_reduce_only_market("BTCUSDT", side, quantity, "qh-d-0")
+    assert (failure.value.kind, failure.value.code) == ("rejected", -2022)
+    assert not failure.value.outcome_unknown
+    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.5)
+
+
+async def test_stop_close_stays_open_and_its_id_cannot_be_reused_while_open(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"ETHUSDT": 1})
+    ack = await exchange.send_stop_market_close("ETHUSDT", "SELL", 2900.004, "qh-plan-e-1")
+    assert (ack.client_order_id, ack.status, ack.filled_qty) == ("qh-plan-e-1", "NEW", 0.0)
+    assert emulator.orders()[0].stop_price == 2900.0  # rounded to the 0.01 tick
+    with pytest.raises(ExchangeError) as failure:
+        await exchange.send_stop_market_close("ETHUSDT", "SELL", 2800, "qh-plan-e-1")
+    assert (failure.value.kind, failure.value.code) == ("rejected", -4116)
+    assert await exchange.position_amount("ETHUSDT") == pytest.approx(1)
+
+
+async def test_a_filled_orders_id_is_accepted_again_as_on_binance(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    """Why a recovered plan must look its order up before sending: the id alone stops nothing."""
+    emulator.set_positions({"BTCUSDT": 0.5})
+    first = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-plan-f-0")
+    second = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-plan-f-0")
+    assert (first.status, second.status) == ("FILLED", "FILLED")
+    assert first.exchange_order_id != second.exchange_order_id
+    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.3)
+
+
+async def test_find_order_finds_orders_and_stops_and_answers_none_when_absent(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"SOLUSDT": -10})
+    sent = await exchange.send_reduce_only_market("SOLUSDT", "BUY", 4, "qh-plan-g-0")
+    stop = await exchange.send_stop_market_close("SOLUSDT", "BUY", 170, "qh-plan-g-1")
+    rejected_before = sample("apply_exchange_errors_total", kind="rejected")
+    assert await exchange.find_order("SOLUSDT", "qh-plan-g-0") == sent
+    assert await exchange.find_order("SOLUSDT", "qh-plan-g-1") == stop
+    assert await exchange.find_order("SOLUSDT", "qh-plan-g-2") is None
+    assert sample("apply_exchange_errors_total", kind="rejected") == rejected_before  # -2013 is an answer
+
+
+async def test_unknown_symbol_is_rejected_without_a_request(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    with pytest.raises(ExchangeError) as failure:
+        await exchange.send_reduce_only_market("DOGEUSDT", "SELL", 1, "qh-plan-h-0")
+    assert failure.value.kind == "rejected"
+    assert emulator.orders() == []
+
+
+async def test_an_exchange_refusal_keeps_its_code(emulator: ExchangeEmulator, exchange: Exchange) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(
+        Faults(fail_next=1, fail_code=-2019, fail_http_status=400, fail_msg="Margin is insufficient.")
+    )
+    with pytest.raises(ExchangeError) as failure:
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-plan-i-0")
+    assert (failure.value.kind, failure.value.code) == ("rejected", -2019)
+    assert "Margin is insufficient." in str(failure.value)
+
+
+async def test_a_server_error_is_never_retried(emulator: ExchangeEmulator, exchange: Exchange) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(fail_next=1, fail_code=-1001, fail_http_status=503))
+    with pytest.raises(ExchangeError) as failure:
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-plan-j-0")
+    assert (failure.value.kind, failure.value.code) == ("network", -1001)
+    assert failure.value.outcome_unknown
+    # One POST reached the emulator; a retry would have been let through and filled.
+    assert [(o.client_order_id, o.status) for o in emulator.orders()] == [("qh-plan-j-0", "REJECTED")]
+    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.5)
+
+
+async def test_a_dropped_connection_is_a_network_error(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(drop_next=1))
+    with pytest.raises(ExchangeError) as failure:
+        await exchange.send_stop_market_close("BTCUSDT", "SELL", 60000, "qh-plan-k-1")
+    assert failure.value.kind == "network"
+    assert sample("apply_exchange_up") == 0
+    assert [o.status for o in emulator.orders()] == ["DROPPED"]
+
+
+async def test_a_late_answer_is_a_timeout_and_the_lookup_settles_it(emulator: ExchangeEmulator) -> None:
+    """The exchange filled the order but answered after the client gave up: only a lookup tells."""
+    emulator.set_positions({"BTCUSDT": 0.5})
+    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, timeout_s=0.2)
+    try:
+        await adapter.open()
+        emulator.set_faults(Faults(latency_ms=1500))
+        timeouts_before = sample("apply_exchange_errors_total", kind="timeout")
+        with pytest.raises(ExchangeError) as failure:
+            await adapter.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-plan-l-0")
+        assert failure.value.kind == "timeout"
+        assert failure.value.outcome_unknown
+        assert sample("apply_exchange_errors_total", kind="timeout") == timeouts_before + 1
+        assert sample("apply_exchange_up") == 0
+        found = await adapter.find_order("BTCUSDT", "qh-plan-l-0")
+    finally:
+        await adapter.close()
+    assert found is not None
+    assert found.status == "FILLED"
+    assert sample("apply_exchange_up") == 1
+
+
+async def test_lookups_retry_network_failures_a_bounded_number_of_times() -> None:
+    with socket_without_listener() as port:
+        adapter = Exchange(f"http://127.0.0.1:{port}", "k", "s", TIMEOUT_S)
+        attempts_before = _count("ping")
+        try:
+            with pytest.raises(ExchangeError) as failure:
+                await adapter.ping()
+        finally:
+            await adapter.close()
+    assert failure.value.kind == "network"
+    assert _count("ping") == attempts_before + 3
+
+
+def _count(endpoint: str) -> float:
+    return sample("apply_exchange_request_duration_seconds_count", endpoint=endpoint)
+
+
+@contextmanager
+def socket_without_listener() -> Iterator[int]:
+    """A loopback port held bound but not listening, so connections to it are refused."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+def test_client_order_id_is_readable_when_it_fits() -> None:
+    assert client_order_id("7f3a-42", 0) == "qh-7f3a-42-0"
+    assert client_order_id("a.b:c/d_e", 12) == "qh-a.b:c/d_e-12"
+
+
+@pytest.mark.parametrize("plan_id", ["p" * 40, "plan with spaces", "plan#1", "ключ"])
+def test_client_order_id_hashes_what_does_not_fit(plan_id: str) -> None:
+    identifiers = [client_order_id(plan_id, step) for step in (0, 1, 10)]
+    for identifier in identifiers:
+        assert CLIENT_ORDER_ID_PATTERN.match(identifier), identifier
+        assert identifier.startswith("qh-")
+        assert len(identifier) <= 36
+    assert len(set(identifiers)) == 3
+    # The documented shape, so that an upgrade never renames the orders of plans already in flight.
+    digest = hashlib.sha256(plan_id.encode()).hexdigest()
+    assert identifiers == [f"qh-{digest[:31]}-0", f"qh-{digest[:31]}-1", f"qh-{digest[:30]}-10"]
+
+
+def test_client_order_id_differs_between_long_plan_ids() -> None:
+    assert client_order_id("x" * 40, 0) != client_order_id("x" * 41, 0)
+
+
+def test_client_order_id_is_the_same_in_another_process() -> None:
+    plan_id = "a-plan-id-far-too-long-for-binance-client-ids"
+    other = subprocess.run(  # noqa: S603 - our own interpreter
+        [
+            sys.executable,
+            "-c",
+            "import sys; from quantum_apply_layer.exchange import client_order_id; "
+            "print(client_order_id(sys.argv[1], 3))",
+            plan_id,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_subprocess_env(),
+    )
+    assert other.stdout.strip() == client_order_id(plan_id, 3)
+
+
+def _subprocess_env() -> dict[str, str]:
+    source_root = str(Path(quantum_apply_layer.__file__).resolve().parents[1])
+    # A different hash seed: Python's own str hash would differ, sha256 must not.
+    return {
+        **os.environ,
+        "PYTHONHASHSEED": "12345",
+        "PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])),
+    }
+
+
+def test_client_order_id_refuses_a_negative_step() -> None:
+    with pytest.raises(ValueError, match="step_index"):
+        client_order_id("plan", -1)
