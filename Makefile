@@ -2,12 +2,12 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV := .venv
-BIN := $(VENV)/bin
+BIN := $(CURDIR)/$(VENV)/bin
 PKG := files/apply_layer_patch
-export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv lint unit ops-test molecule test lab bench wheelhouse image docker
+.PHONY: venv lint lint-python lint-ansible lint-shell unit ops-test molecule test lab bench wheelhouse image docker
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt $(PKG)/pyproject.toml
@@ -15,11 +15,45 @@ $(VENV)/.installed: requirements-dev.txt $(PKG)/pyproject.toml
 	$(BIN)/pip install -q -r requirements-dev.txt -e $(PKG)
 	touch $@
 
-lint: venv
-	cd $(PKG) && ../../$(BIN)/ruff check src tests && ../../$(BIN)/ruff format --check src tests
-	cd $(PKG) && ../../$(BIN)/mypy src tests
+## test: every check and test; CI runs exactly this.
+test: lint unit ops-test molecule
+
+lint: lint-python lint-ansible lint-shell
+
+lint-python: venv
+	cd $(PKG) && ruff check src tests && ruff format --check src tests && mypy src tests
+	ruff check --config $(PKG)/pyproject.toml ops/tests
+	ruff format --check --config $(PKG)/pyproject.toml ops/tests
+	MYPYPATH=$(PKG)/src mypy --strict --python-version 3.11 ops/tests
+
+lint-ansible: venv
+	ansible-lint --profile production
+
+lint-shell:
+	shellcheck scripts/*.sh ops/*.sh .ci/run
 
 unit: venv
-	cd $(PKG) && ../../$(BIN)/pytest -q
+	cd $(PKG) && pytest -q
 
-test: lint unit
+ops-test: venv
+	bash ops/check.sh
+	pytest -q ops/tests
+
+docker:
+	bash scripts/ensure-docker.sh
+
+image: docker
+	bash scripts/build-image.sh
+
+wheelhouse: venv
+	bash scripts/build-wheelhouse.sh
+
+molecule: venv image wheelhouse
+	molecule test -s default
+
+## lab: build what is needed, deploy the whole stack onto a local container, smoke it, say where to look.
+lab: venv image wheelhouse
+	bash scripts/lab.sh
+
+bench: venv
+	cd $(PKG) && python -m bench

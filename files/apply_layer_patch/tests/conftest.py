@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from redis.asyncio import Redis
+from redis_server import RedisServer
 
 from quantum_apply_layer.config import Settings, load_settings
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange import Exchange
 from quantum_apply_layer.service import ApplyLayer
-from redis_server import RedisServer
 
 pytest_plugins = ["emulator_fixture"]
 

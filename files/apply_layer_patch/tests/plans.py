@@ -13,7 +13,9 @@ from quantum_apply_layer import keys
 CLOSE_FULL = json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}])
 
 
-def plan_fields(plan_id: str, symbol: str = "BTCUSDT", steps: str = CLOSE_FULL, **extra: str) -> dict[str, str]:
+def plan_fields(
+    plan_id: str, symbol: str = "BTCUSDT", steps: str = CLOSE_FULL, **extra: str
+) -> dict[str, str]:
     return {
         "plan_id": plan_id,
         "symbol": symbol,
@@ -33,8 +35,14 @@ async def grant_permits(
     await redis.set(keys.governor_permit(plan_id), json.dumps({"granted": True}), ex=ttl)
     await redis.set(
         keys.p33_permit(plan_id),
-        json.dumps({"allow": True, "safe_close_qty": safe_close_qty, "exchange_position_amt": position,
-                    "reason": "test"}),
+        json.dumps(
+            {
+                "allow": True,
+                "safe_close_qty": safe_close_qty,
+                "exchange_position_amt": position,
+                "reason": "test",
+            }
+        ),
         ex=ttl,
     )
 
@@ -58,4 +66,6 @@ async def wait_for_results(redis: Redis, count: int, timeout_s: float = 20) -> d
         if await redis.xlen(keys.RESULT_STREAM) >= count:
             return await results(redis)
         await asyncio.sleep(0.02)
-    raise AssertionError(f"{await redis.xlen(keys.RESULT_STREAM)} results after {timeout_s}s, expected {count}")
+    raise AssertionError(
+        f"{await redis.xlen(keys.RESULT_STREAM)} results after {timeout_s}s, expected {count}"
+    )

@@ -36,9 +36,25 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                "--notify-keyspace-events", "K$", "--appendonly", "yes", "--appendfsync", "no",
-                "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--notify-keyspace-events",
+                "K$",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "no",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
             ],
         )
         deadline = time.monotonic() + 10

@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from quantum_apply_layer.config import (
-    PRODUCTION_EXCHANGE_URL, TESTNET_EXCHANGE_URL, ConfigError, load_credentials, load_settings,
-    mask_url_password, read_env_file,
+    PRODUCTION_EXCHANGE_URL,
+    TESTNET_EXCHANGE_URL,
+    ConfigError,
+    load_credentials,
+    load_settings,
+    mask_url_password,
+    read_env_file,
 )
 
 
@@ -19,7 +24,9 @@ def test_production_is_the_default() -> None:
     assert settings.metrics_port == 8000
 
 
-@pytest.mark.parametrize(("raw", "testnet"), [("true", True), ("false", False), (" TRUE ", True), ("False", False)])
+@pytest.mark.parametrize(
+    ("raw", "testnet"), [("true", True), ("false", False), (" TRUE ", True), ("False", False)]
+)
 def test_testnet_accepts_true_and_false(raw: str, testnet: bool) -> None:
     settings = load_settings({"TESTNET": raw})
     assert settings.testnet is testnet
@@ -38,7 +45,9 @@ def test_testnet_may_only_reach_a_sandbox(url: str) -> None:
         load_settings({"TESTNET": "true", "APPLY_EXCHANGE_URL": url})
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8090", "http://localhost:1", "http://[::1]:9", TESTNET_EXCHANGE_URL])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8090", "http://localhost:1", "http://[::1]:9", TESTNET_EXCHANGE_URL]
+)
 def test_testnet_sandboxes_are_accepted(url: str) -> None:
     assert load_settings({"TESTNET": "true", "APPLY_EXCHANGE_URL": url}).exchange_url == url
 
@@ -50,10 +59,17 @@ def test_production_never_trades_on_the_testnet_nor_over_plain_http() -> None:
         load_settings({"APPLY_EXCHANGE_URL": "http://exchange.example"})
 
 
-@pytest.mark.parametrize(("name", "raw"), [
-    ("APPLY_METRICS_PORT", "http"), ("APPLY_METRICS_PORT", "70000"), ("APPLY_PERMIT_TIMEOUT_MS", "0"),
-    ("APPLY_MAX_IN_FLIGHT", "-1"), ("APPLY_LOG_FORMAT", "xml"), ("REDIS_URL", "http://x"),
-])
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("APPLY_METRICS_PORT", "http"),
+        ("APPLY_METRICS_PORT", "70000"),
+        ("APPLY_PERMIT_TIMEOUT_MS", "0"),
+        ("APPLY_MAX_IN_FLIGHT", "-1"),
+        ("APPLY_LOG_FORMAT", "xml"),
+        ("REDIS_URL", "http://x"),
+    ],
+)
 def test_bad_values_name_the_variable(name: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({name: raw})
@@ -83,7 +99,7 @@ def test_missing_credentials_say_how_to_provide_them(tmp_path: Path) -> None:
 
 def test_env_file_is_read_like_systemd(tmp_path: Path) -> None:
     env_file = tmp_path / "apply-layer.env"
-    env_file.write_text("# comment\n\nTESTNET=false\nREDIS_URL=\"redis://127.0.0.1:6379/0\"\n")
+    env_file.write_text('# comment\n\nTESTNET=false\nREDIS_URL="redis://127.0.0.1:6379/0"\n')
     assert read_env_file(env_file) == {"TESTNET": "false", "REDIS_URL": "redis://127.0.0.1:6379/0"}
     env_file.write_text("not a pair\n")
     with pytest.raises(ConfigError, match=":1: expected KEY=VALUE"):

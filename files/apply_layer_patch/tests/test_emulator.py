@@ -66,15 +66,14 @@ def market_close(symbol: str, side: str, quantity: str, client_id: str) -> dict[
     }
 
 
-def stop_close(symbol: str, side: str, trigger: str, client_id: str) -> dict[str, str]:
+def stop_close(symbol: str, side: str, stop_price: str, client_id: str) -> dict[str, str]:
     return {
-        "algoType": "CONDITIONAL",
         "symbol": symbol,
         "side": side,
         "type": "STOP_MARKET",
-        "triggerPrice": trigger,
+        "stopPrice": stop_price,
         "closePosition": "true",
-        "clientAlgoId": client_id,
+        "newClientOrderId": client_id,
     }
 
 
@@ -146,10 +145,7 @@ async def test_order_rules_use_binance_error_codes(
         (market_close("BTCUSDT", "SELL", "0.1", "bad id with spaces"), -1100),
         (market_close("BTCUSDT", "SELL", "0.1", "x" * 37), -1100),  # longer than 36
         ({**market_close("BTCUSDT", "SELL", "0.1", "qh-r-5"), "closePosition": "true"}, -1106),
-        (
-            {**stop_close("BTCUSDT", "SELL", "60000", "qh-r-6"), "stopPrice": "60000"},
-            -4120,
-        ),  # stops go to algoOrder
+        ({**market_close("BTCUSDT", "SELL", "0.1", "qh-r-6"), "type": "LIMIT"}, -1116),  # not emulated
     ]
     for params, code in cases:
         status, body = await signed(http, "POST", order_url, params)
@@ -160,16 +156,43 @@ async def test_order_rules_use_binance_error_codes(
 async def test_stop_rules_use_binance_error_codes(
     emulator: ExchangeEmulator, http: aiohttp.ClientSession
 ) -> None:
-    algo_url = f"{emulator.base_url}/fapi/v1/algoOrder"
+    order_url = f"{emulator.base_url}/fapi/v1/order"
     cases: list[tuple[dict[str, str], int]] = [
         (stop_close("BTCUSDT", "SELL", "70000", "qh-s-0"), -2021),  # above the 65000 mark: would trigger now
-        (stop_close("BTCUSDT", "SELL", "60000.05", "qh-s-1"), -4014),  # off the 0.10 tick
-        ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-2"), "quantity": "0.1"}, -1106),
-        ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-3"), "triggerPrice": ""}, -1102),
+        (stop_close("BTCUSDT", "BUY", "60000", "qh-s-1"), -2021),  # below the mark: would trigger now
+        (stop_close("BTCUSDT", "SELL", "60000.05", "qh-s-2"), -4014),  # off the 0.10 tick
+        ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-3"), "quantity": "0.1"}, -1106),
+        ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-4"), "reduceOnly": "true"}, -1106),
+        ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-5"), "stopPrice": ""}, -1102),
     ]
     for params, code in cases:
-        status, body = await signed(http, "POST", algo_url, params)
+        status, body = await signed(http, "POST", order_url, params)
         assert (status, body["code"]) == (400, code), params
+    assert {order.status for order in emulator.orders()} == {"REJECTED"}
+
+
+async def test_an_open_stop_holds_its_client_id_and_is_found_by_it(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.set_positions({"BTCUSDT": "0.5"})
+    order_url = f"{emulator.base_url}/fapi/v1/order"
+    status, stop = await signed(http, "POST", order_url, stop_close("BTCUSDT", "SELL", "60000", "qh-st-1"))
+    assert status == 200
+    assert (stop["type"], stop["status"], stop["stopPrice"], stop["closePosition"]) == (
+        "STOP_MARKET",
+        "NEW",
+        "60000.00",
+        True,
+    )
+    duplicates = [
+        stop_close("BTCUSDT", "SELL", "59000", "qh-st-1"),
+        market_close("BTCUSDT", "SELL", "0.1", "qh-st-1"),
+    ]
+    for params in duplicates:
+        assert (await signed(http, "POST", order_url, params))[1]["code"] == -4116, params
+    found = await signed(http, "GET", order_url, {"symbol": "BTCUSDT", "origClientOrderId": "qh-st-1"})
+    assert found == (200, stop)
+    assert emulator.position_amount("BTCUSDT") == pytest.approx(0.5)
 
 
 async def test_order_log_keeps_every_post_in_arrival_order(
@@ -179,7 +202,7 @@ async def test_order_log_keeps_every_post_in_arrival_order(
     base = emulator.base_url
     await signed(http, "POST", f"{base}/fapi/v1/order", market_close("ETHUSDT", "BUY", "0.5", "qh-log-0"))
     await signed(http, "POST", f"{base}/fapi/v1/order", market_close("ETHUSDT", "SELL", "0.5", "qh-log-1"))
-    await signed(http, "POST", f"{base}/fapi/v1/algoOrder", stop_close("ETHUSDT", "BUY", "3500", "qh-log-2"))
+    await signed(http, "POST", f"{base}/fapi/v1/order", stop_close("ETHUSDT", "BUY", "3500", "qh-log-2"))
     async with http.get(f"{base}/_emulator/orders") as response:
         orders = (await response.json())["orders"]
     assert [(o["clientOrderId"], o["type"], o["status"], o["code"]) for o in orders] == [
@@ -239,7 +262,7 @@ async def test_control_endpoints_set_positions_marks_faults_and_reset(
         assert response.status == 200
     # With the mark at 50000 a sell stop at 55000 would trigger at once.
     status, body = await signed(
-        http, "POST", f"{base}/fapi/v1/algoOrder", stop_close("BTCUSDT", "SELL", "55000", "s")
+        http, "POST", f"{base}/fapi/v1/order", stop_close("BTCUSDT", "SELL", "55000", "s")
     )
     assert (status, body["code"]) == (400, -2021)
     async with http.post(f"{base}/_emulator/faults", json={"fail_next": "two"}) as response:
@@ -305,7 +328,7 @@ def _cli_env(**extra: str) -> dict[str, str]:
 
 
 def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
+    return subprocess.run(
         [sys.executable, "-m", "quantum_apply_layer.emulator", *args],
         env=env,
         capture_output=True,

@@ -71,6 +71,16 @@ async def test_reduce_only_close_changes_the_position(emulator: ExchangeEmulator
     assert sample("apply_orders_sent_total", type="MARKET") == sent_before + 1
 
 
+async def test_client_ids_with_colons_and_slashes_survive_signing_and_lookup(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"XRPUSDT": 100})
+    coid = client_order_id("2024-06-01T12:00:00/a.b", 0)
+    sent = await exchange.send_reduce_only_market("XRPUSDT", "SELL", 10, coid)
+    assert sent.client_order_id == coid == "qh-2024-06-01T12:00:00/a.b-0"
+    assert await exchange.find_order("XRPUSDT", coid) == sent
+
+
 async def test_quantity_is_cut_to_the_lot_step(emulator: ExchangeEmulator, exchange: Exchange) -> None:
     emulator.set_positions({"BTCUSDT": 0.5})
     await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.12345, "qh-plan-b-0")
@@ -105,12 +115,17 @@ async def test_stop_close_stays_open_and_its_id_cannot_be_reused_while_open(
     emulator: ExchangeEmulator, exchange: Exchange
 ) -> None:
     emulator.set_positions({"ETHUSDT": 1})
+    posts_before = _count("order_new")
     ack = await exchange.send_stop_market_close("ETHUSDT", "SELL", 2900.004, "qh-plan-e-1")
     assert (ack.client_order_id, ack.status, ack.filled_qty) == ("qh-plan-e-1", "NEW", 0.0)
-    assert emulator.orders()[0].stop_price == 2900.0  # rounded to the 0.01 tick
+    assert _count("order_new") == posts_before + 1  # one POST /fapi/v1/order, the only order route
+    [stop] = emulator.orders()
+    assert (stop.type, stop.side, stop.close_position, stop.quantity) == ("STOP_MARKET", "SELL", True, None)
+    assert stop.stop_price == 2900.0  # rounded to the 0.01 tick
     with pytest.raises(ExchangeError) as failure:
         await exchange.send_stop_market_close("ETHUSDT", "SELL", 2800, "qh-plan-e-1")
     assert (failure.value.kind, failure.value.code) == ("rejected", -4116)
+    assert not failure.value.outcome_unknown
     assert await exchange.position_amount("ETHUSDT") == pytest.approx(1)
 
 
@@ -135,6 +150,7 @@ async def test_find_order_finds_orders_and_stops_and_answers_none_when_absent(
     rejected_before = sample("apply_exchange_errors_total", kind="rejected")
     assert await exchange.find_order("SOLUSDT", "qh-plan-g-0") == sent
     assert await exchange.find_order("SOLUSDT", "qh-plan-g-1") == stop
+    assert stop.status == "NEW"
     assert await exchange.find_order("SOLUSDT", "qh-plan-g-2") is None
     assert sample("apply_exchange_errors_total", kind="rejected") == rejected_before  # -2013 is an answer
 
@@ -254,7 +270,7 @@ def test_client_order_id_differs_between_long_plan_ids() -> None:
 
 def test_client_order_id_is_the_same_in_another_process() -> None:
     plan_id = "a-plan-id-far-too-long-for-binance-client-ids"
-    other = subprocess.run(  # noqa: S603 - our own interpreter
+    other = subprocess.run(
         [
             sys.executable,
             "-c",

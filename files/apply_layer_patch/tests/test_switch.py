@@ -15,26 +15,46 @@ from quantum_apply_layer.switch import SwitchState, parse_switch, read_audit, se
 
 CONTRACT_TABLE = [
     (None, SwitchState.RUNNING),
-    ("false", SwitchState.RUNNING), ("0", SwitchState.RUNNING), ("no", SwitchState.RUNNING),
-    ("off", SwitchState.RUNNING), (" FALSE ", SwitchState.RUNNING), ("Off\n", SwitchState.RUNNING),
-    ("true", SwitchState.HALTED), ("1", SwitchState.HALTED), ("yes", SwitchState.HALTED),
-    ("on", SwitchState.HALTED), (" TRUE ", SwitchState.HALTED), ("On", SwitchState.HALTED),
-    ("reduce_only", SwitchState.REDUCE_ONLY), (" REDUCE_ONLY ", SwitchState.REDUCE_ONLY),
-    ("", SwitchState.INVALID), ("halt", SwitchState.INVALID), ("reduce-only", SwitchState.INVALID),
-    ("2", SwitchState.INVALID), ("tru", SwitchState.INVALID), ("null", SwitchState.INVALID),
+    ("false", SwitchState.RUNNING),
+    ("0", SwitchState.RUNNING),
+    ("no", SwitchState.RUNNING),
+    ("off", SwitchState.RUNNING),
+    (" FALSE ", SwitchState.RUNNING),
+    ("Off\n", SwitchState.RUNNING),
+    ("true", SwitchState.HALTED),
+    ("1", SwitchState.HALTED),
+    ("yes", SwitchState.HALTED),
+    ("on", SwitchState.HALTED),
+    (" TRUE ", SwitchState.HALTED),
+    ("On", SwitchState.HALTED),
+    ("reduce_only", SwitchState.REDUCE_ONLY),
+    (" REDUCE_ONLY ", SwitchState.REDUCE_ONLY),
+    ("", SwitchState.INVALID),
+    ("halt", SwitchState.INVALID),
+    ("reduce-only", SwitchState.INVALID),
+    ("2", SwitchState.INVALID),
+    ("tru", SwitchState.INVALID),
+    ("null", SwitchState.INVALID),
 ]
 # What claim.lua answers for a plan with permits under each state (invalid halts: fail closed).
 CLAIM_KIND = {
-    SwitchState.RUNNING: "claimed", SwitchState.HALTED: "halted",
-    SwitchState.INVALID: "halted", SwitchState.REDUCE_ONLY: "reduce_only",
+    SwitchState.RUNNING: "claimed",
+    SwitchState.HALTED: "halted",
+    SwitchState.INVALID: "halted",
+    SwitchState.REDUCE_ONLY: "reduce_only",
 }
 
 
 async def claim(redis: Redis, plan_id: str, only_reduces: bool, symbol: str = "BTCUSDT") -> ClaimResult:
     scripts = register_scripts(redis)
     reply = await scripts.claim(
-        keys=[keys.GLOBAL_SWITCH, keys.symbol_switch(symbol), keys.dedupe_mark(plan_id),
-              keys.governor_permit(plan_id), keys.p33_permit(plan_id)],
+        keys=[
+            keys.GLOBAL_SWITCH,
+            keys.symbol_switch(symbol),
+            keys.dedupe_mark(plan_id),
+            keys.governor_permit(plan_id),
+            keys.p33_permit(plan_id),
+        ],
         args=[f"entry-{plan_id}", "1", "1" if only_reduces else "0", 60, "test"],
     )
     return ClaimResult.from_script(reply)
@@ -46,7 +66,9 @@ async def permits(redis: Redis, plan_id: str) -> None:
 
 
 @pytest.mark.parametrize(("raw", "state"), CONTRACT_TABLE)
-async def test_python_and_lua_read_every_value_alike(redis: Redis, raw: str | None, state: SwitchState) -> None:
+async def test_python_and_lua_read_every_value_alike(
+    redis: Redis, raw: str | None, state: SwitchState
+) -> None:
     assert parse_switch(raw) is state
     if raw is not None:
         await redis.set(keys.GLOBAL_SWITCH, raw)
@@ -58,10 +80,17 @@ async def test_python_and_lua_read_every_value_alike(redis: Redis, raw: str | No
         assert (await claim(redis, "r", only_reduces=True)).kind == "claimed"
 
 
-@pytest.mark.parametrize(("global_value", "symbol_value", "kind"), [
-    ("false", "true", "halted"), ("true", "false", "halted"), ("reduce_only", "false", "reduce_only"),
-    ("false", "reduce_only", "reduce_only"), ("reduce_only", "bogus", "halted"), (None, None, "claimed"),
-])
+@pytest.mark.parametrize(
+    ("global_value", "symbol_value", "kind"),
+    [
+        ("false", "true", "halted"),
+        ("true", "false", "halted"),
+        ("reduce_only", "false", "reduce_only"),
+        ("false", "reduce_only", "reduce_only"),
+        ("reduce_only", "bogus", "halted"),
+        (None, None, "claimed"),
+    ],
+)
 async def test_the_stricter_of_global_and_symbol_wins(
     redis: Redis, global_value: str | None, symbol_value: str | None, kind: str
 ) -> None:
@@ -80,11 +109,16 @@ async def test_the_stricter_of_global_and_symbol_wins(
 async def test_permits_serve_one_plan_once_under_concurrency(redis: Redis) -> None:
     await permits(redis, "race")
     scripts = register_scripts(redis)
-    plan_keys = [keys.GLOBAL_SWITCH, keys.symbol_switch("BTCUSDT"), keys.dedupe_mark("race"),
-                 keys.governor_permit("race"), keys.p33_permit("race")]
-    replies = await asyncio.gather(*(
-        scripts.claim(keys=plan_keys, args=[f"entry-{n}", "1", "1", 60, "test"]) for n in range(50)
-    ))
+    plan_keys = [
+        keys.GLOBAL_SWITCH,
+        keys.symbol_switch("BTCUSDT"),
+        keys.dedupe_mark("race"),
+        keys.governor_permit("race"),
+        keys.p33_permit("race"),
+    ]
+    replies = await asyncio.gather(
+        *(scripts.claim(keys=plan_keys, args=[f"entry-{n}", "1", "1", 60, "test"]) for n in range(50))
+    )
     kinds = sorted(ClaimResult.from_script(reply).kind for reply in replies)
     assert kinds.count("claimed") == 1
     assert set(kinds) == {"claimed", "duplicate"}

@@ -48,9 +48,11 @@ if ARGV[2] == '1' then
 end
 
 local now = redis.call('TIME')
+-- The permits travel in the mark: a plan resumed after a crash is sized by the permit it consumed.
 local mark = cjson.encode({
   state = 'claimed', owner = ARGV[1], consumer = ARGV[5],
   claimed_at = now[1] .. '.' .. string.format('%06d', tonumber(now[2])),
+  governor = governor, p33 = p33,
 })
 redis.call('SET', KEYS[3], mark, 'EX', ARGV[4])
-return {'claimed', mark, governor, p33}
+return {'claimed', mark}

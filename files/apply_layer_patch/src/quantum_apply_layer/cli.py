@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantum-apply-layer", description=__doc__)
     parser.add_argument(
-        "--env-file", type=Path, default=DEFAULT_ENV_FILE,
+        "--env-file",
+        type=Path,
+        default=DEFAULT_ENV_FILE,
         help="KEY=VALUE file read under the process environment (default: %(default)s, if present)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,7 +116,8 @@ async def _kill(settings: Settings, state: str, reason: str, symbol: str | None,
         await redis.aclose()
     old_state = parse_switch(change.old or None)
     print(
-        f"{change.scope}: {old_state} ({change.old or 'absent'}) -> {parse_switch(change.new)} ({change.new}); "
+        f"{change.scope}: {old_state} ({change.old or 'absent'}) -> "
+        f"{parse_switch(change.new)} ({change.new}); "
         f"reason: {reason.strip()}; audit {change.audit_id}"
     )
     return 0

@@ -175,7 +175,9 @@ def _check_exchange_url(url: str, testnet: bool) -> None:
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme not in {"http", "https"} or not host:
-        raise ConfigError(f"APPLY_EXCHANGE_URL={url!r}: accepted: an http(s) base URL such as {TESTNET_EXCHANGE_URL}")
+        raise ConfigError(
+            f"APPLY_EXCHANGE_URL={url!r}: accepted: an http(s) base URL such as {TESTNET_EXCHANGE_URL}"
+        )
     loopback = is_loopback_host(host)
     if parts.scheme == "http" and not loopback:
         raise ConfigError(f"APPLY_EXCHANGE_URL={url!r}: plain http is accepted only for a loopback emulator")

@@ -5,8 +5,8 @@ It answers as Binance does (same paths, signing, error codes and HTTP statuses),
 lab use it; it never talks to a real exchange.
 
 Binance endpoints: GET /fapi/v1/ping, /fapi/v1/time, /fapi/v1/exchangeInfo; signed GET
-/fapi/v1/leverageBracket, /fapi/v2/positionRisk, /fapi/v3/positionRisk, /fapi/v1/order,
-/fapi/v1/algoOrder; signed POST /fapi/v1/order (MARKET) and /fapi/v1/algoOrder (STOP_MARKET).
+/fapi/v1/leverageBracket, /fapi/v2/positionRisk, /fapi/v3/positionRisk, /fapi/v1/order; signed POST
+/fapi/v1/order (MARKET, and STOP_MARKET with stopPrice, which stays open: stops never trigger here).
 
 Control endpoints (not Binance, unauthenticated, hence loopback only by default):
   GET  /_emulator/info                  {"emulator": "quantum-exchange-emulator", "version": ...}
@@ -155,7 +155,7 @@ class _BinanceApi:
 
         return handle
 
-    def order_post(self, endpoint: str, place: _Placer) -> _Handler:
+    def order_post(self, place: _Placer) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             received = time.monotonic()
             try:
@@ -164,13 +164,13 @@ class _BinanceApi:
                 return _binance_error(error)
             action, faults = self._state.take_fault()
             if action == "drop":
-                self._state.record_unanswered(endpoint, params, received, "DROPPED", None)
+                self._state.record_unanswered(params, received, "DROPPED", None)
                 if request.transport is not None:
                     request.transport.abort()
                 # The client has lost its connection; this response is never written.
                 return web.Response(status=503)
             if action == "fail":
-                self._state.record_unanswered(endpoint, params, received, "REJECTED", faults.fail_code)
+                self._state.record_unanswered(params, received, "REJECTED", faults.fail_code)
                 return _json(
                     {"code": faults.fail_code, "msg": faults.fail_msg}, status=faults.fail_http_status
                 )
@@ -278,9 +278,7 @@ def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Applic
             web.get("/fapi/v2/positionRisk", api.signed(state.positions_v2)),
             web.get("/fapi/v3/positionRisk", api.signed(state.positions_v3)),
             web.get("/fapi/v1/order", api.signed(state.query_order)),
-            web.post("/fapi/v1/order", api.order_post("order", state.new_order)),
-            web.get("/fapi/v1/algoOrder", api.signed(state.query_algo_order)),
-            web.post("/fapi/v1/algoOrder", api.order_post("algoOrder", state.new_algo_order)),
+            web.post("/fapi/v1/order", api.order_post(state.new_order)),
             *_control_routes(state),
         ]
     )

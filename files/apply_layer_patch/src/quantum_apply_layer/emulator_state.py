@@ -6,8 +6,7 @@ while the server's event loop thread serves orders.
 
 Binance rules kept on purpose (the service must cope with each in production):
 - a client order id is unique among OPEN orders only; a FILLED order's id is accepted again;
-- conditional orders (STOP_MARKET, ...) live in the Algo service: POST /fapi/v1/order refuses them
-  with -4120 and POST /fapi/v1/algoOrder takes them (Binance moved them there on 2025-12-09);
+- a STOP_MARKET stays open (it never triggers here), so its client id cannot be used again (-4116);
 - a reduce-only order that would open, flip or exceed the position is refused with -2022;
 - a stop that would trigger at once is refused with -2021.
 """
@@ -25,9 +24,6 @@ from typing import Any
 from quantum_apply_layer.emulator_markets import MARKETS, MarketSpec
 
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
-_CONDITIONAL_TYPES = frozenset(
-    {"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"}
-)
 _SIDES = frozenset({"BUY", "SELL"})
 _ZERO = Decimal(0)
 # A long lab run or benchmark would otherwise grow without end; the oldest orders are forgotten first
@@ -90,7 +86,6 @@ class Faults:
 class OrderLogEntry:
     """One order POST as the emulator received it, kept for tests and the lab's smoke checks."""
 
-    endpoint: str  # "order" or "algoOrder"
     client_order_id: str | None
     order_id: int | None
     symbol: str | None
@@ -106,7 +101,6 @@ class OrderLogEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "endpoint": self.endpoint,
             "clientOrderId": self.client_order_id,
             "orderId": self.order_id,
             "symbol": self.symbol,
@@ -175,15 +169,15 @@ def _side(params: Mapping[str, str]) -> str:
     return side
 
 
-def _client_id(params: Mapping[str, str], name: str, generated: str) -> str:
-    client_id = params.get(name)
+def _client_id(params: Mapping[str, str], generated: str) -> str:
+    client_id = params.get("newClientOrderId")
     if client_id is None:
         return generated
     if not CLIENT_ORDER_ID_PATTERN.match(client_id):
         raise BinanceError(
             400,
             -1100,
-            f"Illegal characters found in parameter '{name}'; "
+            "Illegal characters found in parameter 'newClientOrderId'; "
             "legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.",
         )
     return client_id
@@ -224,9 +218,7 @@ class _Book:
     )
     orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     order_by_client_id: dict[str, int] = field(default_factory=dict)
-    algo_orders: dict[int, dict[str, Any]] = field(default_factory=dict)
-    algo_by_client_id: dict[str, int] = field(default_factory=dict)
-    open_algo_client_ids: set[str] = field(default_factory=set)
+    open_client_ids: set[str] = field(default_factory=set)
     log: deque[OrderLogEntry] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
     faults: Faults = field(default_factory=Faults)
 
@@ -239,7 +231,6 @@ class ExchangeState:
         self._book = _Book()
         # Exchange ids never repeat, not even across a reset, as on the real exchange.
         self._order_ids = itertools.count(8_389_765_000)
-        self._algo_ids = itertools.count(4_000_000)
 
     # --- control -------------------------------------------------------------------------------
 
@@ -289,34 +280,23 @@ class ExchangeState:
             return self._book.positions.get(symbol, _ZERO)
 
     def record_unanswered(
-        self, endpoint: str, params: Mapping[str, str], received: float, status: str, code: int | None
+        self, params: Mapping[str, str], received: float, status: str, code: int | None
     ) -> None:
         """Log an order POST a fault stopped before the book saw it."""
         with self._lock:
-            self._log(endpoint, params, received, status, code, None)
+            self._log(params, received, status, code, None)
 
     # --- Binance endpoints -----------------------------------------------------------------------
 
     def new_order(self, params: Mapping[str, str], received: float) -> dict[str, Any]:
-        """POST /fapi/v1/order: MARKET orders, filled at once at the mark price."""
+        """POST /fapi/v1/order: MARKET orders fill at once at the mark price; STOP_MARKET orders stay NEW."""
         with self._lock:
             try:
-                order = self._new_market_order(params)
+                order = self._new_order(params)
             except BinanceError as error:
-                self._log("order", params, received, "REJECTED", error.code, None)
+                self._log(params, received, "REJECTED", error.code, None)
                 raise
-            self._log("order", params, received, order["status"], None, order["orderId"])
-            return order
-
-    def new_algo_order(self, params: Mapping[str, str], received: float) -> dict[str, Any]:
-        """POST /fapi/v1/algoOrder: conditional STOP_MARKET orders; they stay NEW (never triggered here)."""
-        with self._lock:
-            try:
-                order = self._new_stop_market(params)
-            except BinanceError as error:
-                self._log("algoOrder", params, received, "REJECTED", error.code, None)
-                raise
-            self._log("algoOrder", params, received, order["algoStatus"], None, order["algoId"])
+            self._log(params, received, order["status"], None, order["orderId"])
             return order
 
     def query_order(self, params: Mapping[str, str]) -> dict[str, Any]:
@@ -342,26 +322,6 @@ class ExchangeState:
                 raise ORDER_NOT_FOUND
             return dict(order)
 
-    def query_algo_order(self, params: Mapping[str, str]) -> dict[str, Any]:
-        """GET /fapi/v1/algoOrder by algoId or clientAlgoId."""
-        with self._lock:
-            algo_id: int | None
-            if params.get("algoId"):
-                try:
-                    algo_id = int(params["algoId"])
-                except ValueError:
-                    raise _mandatory("algoId") from None
-            elif params.get("clientAlgoId"):
-                algo_id = self._book.algo_by_client_id.get(params["clientAlgoId"])
-            else:
-                raise BinanceError(
-                    400, -1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!"
-                )
-            order = self._book.algo_orders.get(algo_id) if algo_id is not None else None
-            if order is None:
-                raise ORDER_NOT_FOUND
-            return dict(order)
-
     def positions_v2(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
         """GET /fapi/v2/positionRisk: one entry per symbol, flat ones included."""
         specs = [_market(params)] if params.get("symbol") else list(MARKETS.values())
@@ -376,21 +336,41 @@ class ExchangeState:
 
     # --- internals (lock held) ---------------------------------------------------------------------
 
-    def _new_market_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+    def _new_order(self, params: Mapping[str, str]) -> dict[str, Any]:
         spec = _market(params)
         side = _side(params)
         order_type = params.get("type")
         if not order_type:
             raise _mandatory("type")
-        if order_type in _CONDITIONAL_TYPES:
-            raise BinanceError(
-                400,
-                -4120,
-                "Order type not supported for this endpoint. "
-                "Please use the Algo Order API endpoints instead.",
-            )
-        if order_type != "MARKET":
+        if order_type == "MARKET":
+            order = self._new_market_order(spec, side, params)
+        elif order_type == "STOP_MARKET":
+            order = self._new_stop_market(spec, side, params)
+        else:
             raise BinanceError(400, -1116, "Invalid orderType.")
+        self._remember(order)
+        return order
+
+    def _free_client_id(self, params: Mapping[str, str], order_id: int) -> str:
+        """The order's client id, refused while an open order holds it (Binance's uniqueness rule)."""
+        client_id = _client_id(params, f"emu{order_id}")
+        if client_id in self._book.open_client_ids:
+            raise BinanceError(400, -4116, "ClientOrderId is duplicated.")
+        return client_id
+
+    def _remember(self, order: dict[str, Any]) -> None:
+        """File an accepted order; the newest order carrying a client id is the one a lookup finds."""
+        self._book.orders[order["orderId"]] = order
+        self._book.order_by_client_id[order["clientOrderId"]] = order["orderId"]
+        if order["status"] == "NEW":
+            self._book.open_client_ids.add(order["clientOrderId"])
+        if len(self._book.orders) > HISTORY_LIMIT:
+            oldest = self._book.orders.pop(next(iter(self._book.orders)))
+            if self._book.order_by_client_id.get(oldest["clientOrderId"]) == oldest["orderId"]:
+                del self._book.order_by_client_id[oldest["clientOrderId"]]
+                self._book.open_client_ids.discard(oldest["clientOrderId"])
+
+    def _new_market_order(self, spec: MarketSpec, side: str, params: Mapping[str, str]) -> dict[str, Any]:
         for name in ("closePosition", "stopPrice", "price"):
             if name in params:
                 raise _not_required(name)
@@ -400,7 +380,7 @@ class ExchangeState:
         order_id = next(self._order_ids)
         # A MARKET order fills at once, so it never holds its client id among the open orders: the same id
         # is accepted again (Binance's rule), and only a lookup tells a retried plan it already ran.
-        client_id = _client_id(params, "newClientOrderId", f"emu{order_id}")
+        client_id = self._free_client_id(params, order_id)
         position = self._book.positions.get(spec.symbol, _ZERO)
         signed_qty = quantity if side == "BUY" else -quantity
         if reduce_only and (
@@ -411,7 +391,7 @@ class ExchangeState:
         mark = self._book.marks[spec.symbol]
         qty_text = _fmt(quantity, spec.quantity_precision)
         stamp = now_ms()
-        order = {
+        return {
             "orderId": order_id,
             "symbol": spec.symbol,
             "status": "FILLED",
@@ -438,27 +418,13 @@ class ExchangeState:
             "time": stamp,
             "updateTime": stamp,
         }
-        self._book.orders[order_id] = order
-        self._book.order_by_client_id[client_id] = order_id
-        if len(self._book.orders) > HISTORY_LIMIT:
-            oldest = self._book.orders.pop(next(iter(self._book.orders)))
-            if self._book.order_by_client_id.get(oldest["clientOrderId"]) == oldest["orderId"]:
-                del self._book.order_by_client_id[oldest["clientOrderId"]]
-        return order
 
-    def _new_stop_market(self, params: Mapping[str, str]) -> dict[str, Any]:
-        if params.get("algoType") != "CONDITIONAL":
-            raise _mandatory("algoType")
-        spec = _market(params)
-        side = _side(params)
-        order_type = params.get("type")
-        if not order_type:
-            raise _mandatory("type")
-        if order_type != "STOP_MARKET":
-            raise BinanceError(400, -1116, "Invalid orderType.")
+    def _new_stop_market(self, spec: MarketSpec, side: str, params: Mapping[str, str]) -> dict[str, Any]:
+        if "price" in params:
+            raise _not_required("price")
         close_position = _bool_param(params, "closePosition")
         reduce_only = _bool_param(params, "reduceOnly")
-        quantity: Decimal | None = None
+        quantity = _ZERO
         if close_position:
             for name in ("quantity", "reduceOnly"):
                 if name in params:
@@ -466,49 +432,42 @@ class ExchangeState:
         else:
             quantity = _decimal_param(params, "quantity")
             _check_quantity(spec, quantity)
-        trigger = _decimal_param(params, "triggerPrice")
-        _check_price(spec, trigger)
+        stop_price = _decimal_param(params, "stopPrice")
+        _check_price(spec, stop_price)
         mark = self._book.marks[spec.symbol]
-        if (side == "SELL" and trigger >= mark) or (side == "BUY" and trigger <= mark):
+        if (side == "SELL" and stop_price >= mark) or (side == "BUY" and stop_price <= mark):
             raise BinanceError(400, -2021, "Order would immediately trigger.")
-        algo_id = next(self._algo_ids)
-        client_id = _client_id(params, "clientAlgoId", f"emualgo{algo_id}")
-        if client_id in self._book.open_algo_client_ids:
-            raise BinanceError(400, -4116, "ClientOrderId is duplicated.")
+        order_id = next(self._order_ids)
+        client_id = self._free_client_id(params, order_id)
         stamp = now_ms()
-        order = {
-            "algoId": algo_id,
-            "clientAlgoId": client_id,
-            "algoType": "CONDITIONAL",
-            "orderType": "STOP_MARKET",
+        return {
+            "orderId": order_id,
             "symbol": spec.symbol,
+            "status": "NEW",
+            "clientOrderId": client_id,
+            "price": "0",
+            "avgPrice": "0",
+            "origQty": _fmt(quantity, spec.quantity_precision),
+            "executedQty": "0",
+            "cumQty": "0",
+            "cumQuote": "0",
+            # Binance answers a closePosition stop as reduce-only and good till its position closes.
+            "timeInForce": "GTE_GTC" if close_position else "GTC",
+            "type": "STOP_MARKET",
+            "reduceOnly": close_position or reduce_only,
+            "closePosition": close_position,
             "side": side,
             "positionSide": "BOTH",
-            "timeInForce": "GTC",
-            "quantity": _fmt(quantity, spec.quantity_precision) if quantity is not None else "0",
-            "algoStatus": "NEW",
-            "triggerPrice": _fmt(trigger, spec.price_precision),
-            "price": "0",
-            "icebergQuantity": None,
-            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "stopPrice": _fmt(stop_price, spec.price_precision),
             "workingType": params.get("workingType", "CONTRACT_PRICE"),
-            "priceMatch": "NONE",
-            "closePosition": close_position,
             "priceProtect": False,
-            "reduceOnly": reduce_only,
-            "createTime": stamp,
-            "updateTime": stamp,
-            "triggerTime": 0,
+            "origType": "STOP_MARKET",
+            "priceMatch": "NONE",
+            "selfTradePreventionMode": "EXPIRE_MAKER",
             "goodTillDate": 0,
+            "time": stamp,
+            "updateTime": stamp,
         }
-        self._book.algo_orders[algo_id] = order
-        self._book.algo_by_client_id[client_id] = algo_id
-        self._book.open_algo_client_ids.add(client_id)
-        if len(self._book.algo_orders) > HISTORY_LIMIT:
-            oldest = self._book.algo_orders.pop(next(iter(self._book.algo_orders)))
-            del self._book.algo_by_client_id[oldest["clientAlgoId"]]
-            self._book.open_algo_client_ids.discard(oldest["clientAlgoId"])
-        return order
 
     def _apply_fill(self, spec: MarketSpec, signed_qty: Decimal) -> None:
         before = self._book.positions.get(spec.symbol, _ZERO)
@@ -520,25 +479,21 @@ class ExchangeState:
 
     def _log(
         self,
-        endpoint: str,
         params: Mapping[str, str],
         received: float,
         status: str,
         code: int | None,
         order_id: int | None,
     ) -> None:
-        client_key = "clientAlgoId" if endpoint == "algoOrder" else "newClientOrderId"
-        stop_key = "triggerPrice" if endpoint == "algoOrder" else "stopPrice"
         self._book.log.append(
             OrderLogEntry(
-                endpoint=endpoint,
-                client_order_id=params.get(client_key),
+                client_order_id=params.get("newClientOrderId"),
                 order_id=order_id,
                 symbol=params.get("symbol"),
                 side=params.get("side"),
                 type=params.get("type"),
                 quantity=_loose_float(params.get("quantity")),
-                stop_price=_loose_float(params.get(stop_key)),
+                stop_price=_loose_float(params.get("stopPrice")),
                 reduce_only=params.get("reduceOnly", "").lower() == "true",
                 close_position=params.get("closePosition", "").lower() == "true",
                 status=status,

@@ -3,8 +3,8 @@
 - Sends are never retried: a retried POST can open a second order. After a send fails with an unknown
   outcome (`ExchangeError.outcome_unknown`), the caller looks the order up before trying again.
 - Lookups (ping, positions, orders) retry network failures and timeouts a few times with a short backoff.
-- Stop orders go to Binance's Algo service (POST /fapi/v1/algoOrder): since 2025-12-09 Binance refuses
-  conditional orders on /fapi/v1/order (-4120), and ccxt routes them there.
+- Stop orders and lookups use /fapi/v1/order, as the project's contract fixes; Binance's Dec-2025 move of
+  conditional orders to /fapi/v1/algoOrder is a known divergence, recorded in the README.
 - Markets are loaded once, in `open()`; ccxt keeps its clock unadjusted and its throttle off, so one
   order is one HTTP request (the service's own rate gates pace the orders).
 """
@@ -110,12 +110,12 @@ def _is_transient(error: BaseException) -> bool:
 
 
 def _ack(order: dict[str, Any]) -> OrderAck:
-    info = order.get("info") or {}
+    """An order as Binance answers it on /fapi/v1/order."""
     return OrderAck(
         client_order_id=str(order.get("clientOrderId") or ""),
-        exchange_order_id=str(order.get("id") or ""),
-        status=str(info.get("status") or info.get("algoStatus") or ""),
-        filled_qty=float(info.get("executedQty") or 0),
+        exchange_order_id=str(order.get("orderId") or ""),
+        status=str(order.get("status") or ""),
+        filled_qty=float(order.get("executedQty") or 0),
     )
 
 
@@ -162,25 +162,18 @@ class Exchange:
         return math.fsum(float(row["positionAmt"]) for row in rows if row.get("symbol") == symbol)
 
     async def find_order(self, symbol: str, client_order_id: str) -> OrderAck | None:
-        """The order (GET /fapi/v1/order) or stop order (GET /fapi/v1/algoOrder) with that client id."""
-        unified = self._unified(symbol)
-        lookups: list[tuple[str, dict[str, Any]]] = [
-            ("order_query", {"origClientOrderId": client_order_id}),
-            ("algo_order_query", {"clientAlgoId": client_order_id, "trigger": True}),
-        ]
-        for endpoint, params in lookups:
-            try:
-                order = await self._lookup(
-                    endpoint,
-                    partial(self._client.fetch_order, None, unified, params),
-                    absent_is_normal=True,
-                )
-            except ExchangeError as error:
-                if error.code == _ORDER_NOT_FOUND:
-                    continue
-                raise
-            return _ack(order)
-        return None
+        """The order with that client id (GET /fapi/v1/order); None when the exchange has none (-2013)."""
+        self._unified(symbol)  # refuses an unknown symbol before any request
+        params = {"symbol": symbol, "origClientOrderId": client_order_id}
+        try:
+            order: dict[str, Any] = await self._lookup(
+                "order_query", partial(self._client.fapiPrivateGetOrder, params), absent_is_normal=True
+            )
+        except ExchangeError as error:
+            if error.code == _ORDER_NOT_FOUND:
+                return None
+            raise
+        return _ack(order)
 
     async def send_reduce_only_market(
         self, symbol: str, side: Literal["BUY", "SELL"], quantity: float, client_order_id: str
@@ -198,7 +191,7 @@ class Exchange:
             "order_new",
             lambda: self._client.create_order(unified, "market", side.lower(), amount, None, params),
         )
-        return _ack(order)
+        return _ack(order["info"])
 
     async def send_stop_market_close(
         self, symbol: str, side: Literal["BUY", "SELL"], stop_price: float, client_order_id: str
@@ -210,11 +203,18 @@ class Exchange:
         trigger = self._client.price_to_precision(unified, stop_price)
         if float(trigger) <= 0:
             raise self._local_rejection(f"{symbol} stop price {stop_price} rounds to nothing")
-        params = {"triggerPrice": trigger, "closePosition": True, "newClientOrderId": client_order_id}
+        # ccxt's create_order would route a stop to /fapi/v1/algoOrder; the implicit method posts it as is.
+        params = {
+            "symbol": symbol,
+            "side": side,
+            "type": "STOP_MARKET",
+            "stopPrice": trigger,
+            "closePosition": "true",
+            "newClientOrderId": client_order_id,
+        }
         metrics.apply_orders_sent_total.labels(type="STOP_MARKET").inc()
-        order = await self._request(
-            "algo_order_new",
-            lambda: self._client.create_order(unified, "market", side.lower(), None, None, params),
+        order: dict[str, Any] = await self._request(
+            "order_new", partial(self._client.fapiPrivatePostOrder, params)
         )
         return _ack(order)
 

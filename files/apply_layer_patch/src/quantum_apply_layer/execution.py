@@ -60,7 +60,7 @@ def positions_disagree(p33_amt: float | None, exchange_amt: float) -> bool:
 
 
 def opposite_sides(p33_amt: float | None, exchange_amt: float) -> bool:
-    """P3.3 judged a long and the exchange holds a short (or the reverse): its permit is for another position."""
+    """P3.3 judged a long, the exchange holds a short (or the reverse): the permit is for another position."""
     return p33_amt is not None and p33_amt * exchange_amt < 0
 
 
@@ -101,7 +101,9 @@ class StepExecutor:
         except ExchangeError as error:
             return await self._after_error(plan, index, step, coid, error)
 
-    async def _send(self, plan: Plan, index: int, step: Step, coid: str, p33: dict[str, object]) -> StepOutcome:
+    async def _send(
+        self, plan: Plan, index: int, step: Step, coid: str, p33: dict[str, object]
+    ) -> StepOutcome:
         position = await self._exchange.position_amount(plan.symbol)
         p33_amt = _float(p33.get("exchange_position_amt"))
         self._mismatch.observe(plan.symbol, positions_disagree(p33_amt, position))
@@ -125,7 +127,7 @@ class StepExecutor:
         self, plan: Plan, index: int, step: Step, coid: str, error: ExchangeError
     ) -> StepOutcome:
         """A timeout leaves it unknown whether the exchange took the order: ask it, once, before saying."""
-        if error.kind in {"timeout", "network"}:
+        if error.outcome_unknown:
             try:
                 found = await self._exchange.find_order(plan.symbol, coid)
             except ExchangeError as lookup_error:

@@ -34,9 +34,12 @@ class ClaimResult:
         kind, detail = values[0], values[1] if len(values) > 1 else ""
         if kind == "denied":
             detail = f"{values[1]}:{values[2]}"
-        governor = _json_object(values[2]) if kind == "claimed" else {}
-        p33 = _json_object(values[3]) if kind == "claimed" else {}
-        return cls(kind, detail, governor, p33)
+        if kind not in {"claimed", "resume"}:
+            return cls(kind, detail, {}, {})
+        mark = _json_object(detail)  # the dedupe mark, which keeps the permits the claim consumed
+        return cls(
+            kind, detail, _json_object(str(mark.get("governor", ""))), _json_object(str(mark.get("p33", "")))
+        )
 
 
 def decision_gate(plan: Plan) -> Verdict | None:
@@ -60,7 +63,9 @@ def claim_verdict(claim: ClaimResult) -> Verdict | None:
     if claim.kind == "halted":
         return Verdict("halted", f"kill switch {claim.detail}", "switch")
     if claim.kind == "reduce_only":
-        return Verdict("reduce_only_blocked", f"kill switch {claim.detail}: plan has a non-reducing step", "switch")
+        return Verdict(
+            "reduce_only_blocked", f"kill switch {claim.detail}: plan has a non-reducing step", "switch"
+        )
     if claim.kind == "duplicate":
         return Verdict("duplicate", "plan_id already claimed by another entry", "dedupe")
     if claim.kind == "permit_missing":

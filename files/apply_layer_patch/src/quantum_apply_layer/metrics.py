@@ -10,113 +10,152 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 # --- Contract names: keep them exactly. ---
 p33_permit_deny_total = Counter(
-    "p33_permit_deny", "Plans the P3.3 position brain refused or never permitted.", ["reason"],
+    "p33_permit_deny",
+    "Plans the P3.3 position brain refused or never permitted.",
+    ["reason"],
     registry=REGISTRY,
 )
 p33_permit_allow_total = Counter(
-    "p33_permit_allow", "Plans the P3.3 position brain allowed.", registry=REGISTRY,
+    "p33_permit_allow",
+    "Plans the P3.3 position brain allowed.",
+    registry=REGISTRY,
 )
 governor_block_total = Counter(
-    "governor_block", "Plans the P3.2 risk governor blocked or never permitted.", ["reason"],
+    "governor_block",
+    "Plans the P3.2 risk governor blocked or never permitted.",
+    ["reason"],
     registry=REGISTRY,
 )
 apply_executed_total = Counter(
-    "apply_executed", "Plans handled, by outcome (the `status` of the result entry).", ["status"],
+    "apply_executed",
+    "Plans handled, by outcome (the `status` of the result entry).",
+    ["status"],
     registry=REGISTRY,
 )
 permit_wait_ms = Histogram(
-    "permit_wait_ms", "Time a plan waited for its permits, in milliseconds (contract name).",
+    "permit_wait_ms",
+    "Time a plan waited for its permits, in milliseconds (contract name).",
     buckets=(0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
     registry=REGISTRY,
 )
 position_mismatch_seconds = Gauge(
     "position_mismatch_seconds",
     "How long P3.3's view of a position has disagreed with the exchange's (0 when they agree).",
-    ["symbol"], registry=REGISTRY,
+    ["symbol"],
+    registry=REGISTRY,
 )
 
 # --- Added for operators. ---
 apply_build_info = Gauge(
-    "apply_build_info", "Always 1; the labels say which build runs and in which mode.",
-    ["version", "mode"], registry=REGISTRY,
+    "apply_build_info",
+    "Always 1; the labels say which build runs and in which mode.",
+    ["version", "mode"],
+    registry=REGISTRY,
 )
 apply_testnet = Gauge(
-    "apply_testnet", "1 when this process runs in testnet mode, 0 in production.", registry=REGISTRY,
+    "apply_testnet",
+    "1 when this process runs in testnet mode, 0 in production.",
+    registry=REGISTRY,
 )
 apply_kill_switch_state = Gauge(
     "apply_kill_switch_state",
     "The global switch as last read: 1 for the current state, 0 for the others. "
     "`unknown` means Redis could not be read (treated as halted).",
-    ["state"], registry=REGISTRY,
+    ["state"],
+    registry=REGISTRY,
 )
 apply_kill_switch_last_change_timestamp_seconds = Gauge(
     "apply_kill_switch_last_change_timestamp_seconds",
-    "When this process last saw the global switch change state (epoch seconds).", registry=REGISTRY,
+    "When this process last saw the global switch change state (epoch seconds).",
+    registry=REGISTRY,
 )
 apply_symbol_switches_engaged = Gauge(
     "apply_symbol_switches_engaged",
-    "Per-symbol switches that are not `running` (halted, reduce_only or invalid).", registry=REGISTRY,
+    "Per-symbol switches that are not `running` (halted, reduce_only or invalid).",
+    registry=REGISTRY,
 )
 apply_dead_letters_total = Counter(
-    "apply_dead_letters", "Plans sent to the dead-letter stream, by reason.", ["reason"],
+    "apply_dead_letters",
+    "Plans sent to the dead-letter stream, by reason.",
+    ["reason"],
     registry=REGISTRY,
 )
 apply_redis_up = Gauge(
-    "apply_redis_up", "1 when the last Redis command succeeded, 0 after a failure.", registry=REGISTRY,
+    "apply_redis_up",
+    "1 when the last Redis command succeeded, 0 after a failure.",
+    registry=REGISTRY,
 )
 apply_redis_errors_total = Counter(
-    "apply_redis_errors", "Redis commands that failed (connection or timeout).", registry=REGISTRY,
+    "apply_redis_errors",
+    "Redis commands that failed (connection or timeout).",
+    registry=REGISTRY,
 )
 apply_exchange_up = Gauge(
-    "apply_exchange_up", "1 when the last exchange request got an answer, 0 after a network failure.",
+    "apply_exchange_up",
+    "1 when the last exchange request got an answer, 0 after a network failure.",
     registry=REGISTRY,
 )
 apply_exchange_errors_total = Counter(
     "apply_exchange_errors",
     "Exchange requests that failed, by kind: network, timeout, rejected, auth, rate_limit, other.",
-    ["kind"], registry=REGISTRY,
+    ["kind"],
+    registry=REGISTRY,
 )
 apply_exchange_request_duration_seconds = Histogram(
-    "apply_exchange_request_duration_seconds", "Duration of exchange requests, by endpoint.",
+    "apply_exchange_request_duration_seconds",
+    "Duration of exchange requests, by endpoint.",
     ["endpoint"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
 )
 apply_orders_sent_total = Counter(
-    "apply_orders_sent", "Orders sent to the exchange, by order type.", ["type"], registry=REGISTRY,
+    "apply_orders_sent",
+    "Orders sent to the exchange, by order type.",
+    ["type"],
+    registry=REGISTRY,
 )
 apply_plan_duration_seconds = Histogram(
-    "apply_plan_duration_seconds", "From reading a plan to recording its result.",
+    "apply_plan_duration_seconds",
+    "From reading a plan to recording its result.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
 apply_permit_wait_seconds = Histogram(
-    "apply_permit_wait_seconds", "Time a plan waited for its permits.",
+    "apply_permit_wait_seconds",
+    "Time a plan waited for its permits.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
 )
 apply_last_execution_timestamp_seconds = Gauge(
-    "apply_last_execution_timestamp_seconds", "When this process last sent an order (epoch seconds).",
+    "apply_last_execution_timestamp_seconds",
+    "When this process last sent an order (epoch seconds).",
     registry=REGISTRY,
 )
 apply_plan_stream_lag = Gauge(
-    "apply_plan_stream_lag", "Plan stream entries not yet delivered to the consumer group.",
+    "apply_plan_stream_lag",
+    "Plan stream entries not yet delivered to the consumer group.",
     registry=REGISTRY,
 )
 apply_plan_stream_pending = Gauge(
-    "apply_plan_stream_pending", "Plans delivered to the consumer group but not yet acknowledged.",
+    "apply_plan_stream_pending",
+    "Plans delivered to the consumer group but not yet acknowledged.",
     registry=REGISTRY,
 )
 apply_risk_block_total = Counter(
     "apply_risk_block",
     "Plans blocked by the apply layer's own risk gates: rate_global, rate_symbol, notional, stale.",
-    ["gate"], registry=REGISTRY,
+    ["gate"],
+    registry=REGISTRY,
 )
 apply_auto_trip_total = Counter(
-    "apply_auto_trip", "Times this process set the global switch itself, by condition.", ["condition"],
+    "apply_auto_trip",
+    "Times this process set the global switch itself, by condition.",
+    ["condition"],
     registry=REGISTRY,
 )
 apply_emergency_close_total = Counter(
-    "apply_emergency_close", "Emergency closes asked for while halted, by outcome.", ["outcome"],
+    "apply_emergency_close",
+    "Emergency closes asked for while halted, by outcome.",
+    ["outcome"],
     registry=REGISTRY,
 )

@@ -9,7 +9,6 @@ import os
 import time
 
 import sdnotify
-
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -48,7 +47,9 @@ class Monitor:
             state = reading.state.value
             if slow:
                 await self._sample_streams()
-                engaged = [r for r in await read_symbol_switches(self._redis) if r.state is not SwitchState.RUNNING]
+                engaged = [
+                    r for r in await read_symbol_switches(self._redis) if r.state is not SwitchState.RUNNING
+                ]
                 metrics.apply_symbol_switches_engaged.set(len(engaged))
             metrics.apply_redis_up.set(1)
         except (RedisError, OSError) as error:

@@ -97,7 +97,7 @@ class PermitWatcher:
                 await asyncio.sleep(0.2)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _wake(self, key: str) -> None:
         for event in self._waiters.get(key, ()):

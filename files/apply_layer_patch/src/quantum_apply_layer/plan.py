@@ -42,7 +42,11 @@ class OrderType(StrEnum):
 
 
 # The share of the position a close step takes when the step gives no `pct` of its own.
-DEFAULT_CLOSE_PCT = {StepKind.CLOSE_FULL: 100.0, StepKind.CLOSE_PARTIAL_75: 75.0, StepKind.CLOSE_PARTIAL_50: 50.0}
+DEFAULT_CLOSE_PCT = {
+    StepKind.CLOSE_FULL: 100.0,
+    StepKind.CLOSE_PARTIAL_75: 75.0,
+    StepKind.CLOSE_PARTIAL_50: 50.0,
+}
 REQUIRED_FIELDS = ("plan_id", "symbol", "action", "decision")
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,30}$")
 MAX_PLAN_ID_LENGTH = 200
@@ -112,7 +116,9 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
         action=action,
         decision=decision,
         steps=steps,
-        reason_codes=tuple(code.strip() for code in fields.get("reason_codes", "").split(",") if code.strip()),
+        reason_codes=tuple(
+            code.strip() for code in fields.get("reason_codes", "").split(",") if code.strip()
+        ),
         kill_score=_number(fields, "kill_score", low=0.0, high=1.0),
         close_qty=_number(fields, "close_qty", low=0.0),
         price=_number(fields, "price", low=0.0),

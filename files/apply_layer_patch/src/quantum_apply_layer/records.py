@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from . import keys
 
@@ -58,10 +59,10 @@ class Recorder:
     ) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             if dead_letter is not None:
-                pipe.xadd(keys.DLQ_STREAM, dict(dead_letter))
+                pipe.xadd(keys.DLQ_STREAM, _stream_fields(dead_letter))
             pipe.xadd(
                 keys.RESULT_STREAM,
-                result.fields(entry_id, self.consumer, self.mode, duration_s),
+                _stream_fields(result.fields(entry_id, self.consumer, self.mode, duration_s)),
                 maxlen=self.result_maxlen,
                 approximate=True,
             )
@@ -71,3 +72,7 @@ class Recorder:
                 pipe.set(keys.dedupe_mark(result.plan_id), done, ex=self.dedupe_ttl_s)
             pipe.xack(keys.PLAN_STREAM, self.group, entry_id)
             await pipe.execute()
+
+
+def _stream_fields(fields: Mapping[str, str]) -> dict[FieldT, EncodableT]:
+    return dict(fields.items())

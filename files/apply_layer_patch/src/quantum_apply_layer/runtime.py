@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 def connect_redis(settings: Settings) -> Redis:
     # Short timeouts: a Redis that does not answer must halt execution quickly, not hang it.
     return Redis.from_url(
-        settings.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10,
+        settings.redis_url,
+        socket_connect_timeout=1.0,
+        socket_timeout=5.0,
+        health_check_interval=10,
         client_name=f"apply-layer:{settings.consumer_name}",
     )
 
@@ -38,8 +41,9 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
     publish_build_info(settings)
     start_http_server(settings.metrics_port, settings.metrics_addr, registry=metrics.REGISTRY)
     redis = connect_redis(settings)
-    exchange = Exchange(settings.exchange_url, credentials.api_key, credentials.api_secret,
-                        settings.exchange_timeout_s)
+    exchange = Exchange(
+        settings.exchange_url, credentials.api_key, credentials.api_secret, settings.exchange_timeout_s
+    )
     service = ApplyLayer(settings, redis, exchange)
     notify = Notifier()
     monitor = Monitor(redis, settings.consumer_group, service.mismatch, notify)

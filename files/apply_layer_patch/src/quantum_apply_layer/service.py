@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -21,8 +22,8 @@ from . import gates, keys, metrics
 from .config import Settings
 from .exchange import Exchange, ExchangeError, client_order_id
 from .execution import MismatchClock, StepExecutor, StepOutcome
-from .plan import SYMBOL_PATTERN, Plan, PlanError, parse_plan
 from .permits import PermitWatcher, check_notifications
+from .plan import SYMBOL_PATTERN, Plan, PlanError, parse_plan
 from .records import Recorder, Result
 from .scripts import Scripts, register_scripts
 
@@ -46,8 +47,12 @@ class ApplyLayer:
         self.mismatch = MismatchClock()
         self.executor = StepExecutor(exchange, self.mismatch)
         self.recorder = Recorder(
-            redis, settings.consumer_group, settings.consumer_name, settings.mode,
-            settings.result_maxlen, settings.dedupe_ttl_s,
+            redis,
+            settings.consumer_group,
+            settings.consumer_name,
+            settings.mode,
+            settings.result_maxlen,
+            settings.dedupe_ttl_s,
         )
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -91,7 +96,9 @@ class ApplyLayer:
     async def _ensure_group(self) -> None:
         try:
             # From the stream's start: every plan gets a result; stale ones are blocked by their age.
-            await self.redis.xgroup_create(keys.PLAN_STREAM, self.settings.consumer_group, id="0", mkstream=True)
+            await self.redis.xgroup_create(
+                keys.PLAN_STREAM, self.settings.consumer_group, id="0", mkstream=True
+            )
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -127,11 +134,16 @@ class ApplyLayer:
 
     async def _read(self, cursor: str, block: int | None) -> list[tuple[str, dict[str, str] | None]]:
         reply = await self.redis.xreadgroup(
-            self.settings.consumer_group, self.settings.consumer_name, {keys.PLAN_STREAM: cursor},
-            count=READ_BATCH, block=block,
+            self.settings.consumer_group,
+            self.settings.consumer_name,
+            {keys.PLAN_STREAM: cursor},
+            count=READ_BATCH,
+            block=block,
         )
+        # XREADGROUP answers [[stream, [[id, fields], ...]]]; fields are None for a trimmed entry.
+        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]], reply or [])
         entries = []
-        for _stream, stream_entries in reply or []:
+        for _stream, stream_entries in streams:
             for entry_id, fields in stream_entries:
                 entries.append((_text(entry_id), _decode(fields) if fields else None))
         return entries
@@ -141,10 +153,15 @@ class ApplyLayer:
         start = "0-0"
         while not self.stopping.is_set():
             reply = await self.redis.xautoclaim(
-                keys.PLAN_STREAM, self.settings.consumer_group, self.settings.consumer_name,
-                min_idle_time=self.settings.reclaim_idle_ms, start_id=start, count=READ_BATCH,
+                keys.PLAN_STREAM,
+                self.settings.consumer_group,
+                self.settings.consumer_name,
+                min_idle_time=self.settings.reclaim_idle_ms,
+                start_id=start,
+                count=READ_BATCH,
             )
-            start, claimed = _text(reply[0]), reply[1]
+            # XAUTOCLAIM answers [next start, [[id, fields], ...], deleted ids].
+            start, claimed = _text(reply[0]), cast(list[tuple[bytes, dict[bytes, bytes] | None]], reply[1])
             entries = [(_text(entry_id), _decode(fields) if fields else None) for entry_id, fields in claimed]
             if entries:
                 log.warning("reclaimed %d plans from a dead consumer", len(entries))
@@ -184,7 +201,9 @@ class ApplyLayer:
     async def handle(self, entry_id: str, fields: dict[str, str] | None, recovered: bool) -> None:
         started = time.perf_counter()
         if fields is None:  # trimmed from the stream before we could read it
-            await self._record(entry_id, Result("", "", "dead_letter", "entry_deleted: no fields"), started, False)
+            await self._record(
+                entry_id, Result("", "", "dead_letter", "entry_deleted: no fields"), started, False
+            )
             return
         try:
             plan = parse_plan(fields)
@@ -192,9 +211,13 @@ class ApplyLayer:
             await self._dead_letter(entry_id, fields, error, started)
             return
 
-        verdict = gates.decision_gate(plan) or gates.freshness_gate(plan, time.time(), self.settings.max_plan_age_s)
+        verdict = gates.decision_gate(plan) or gates.freshness_gate(
+            plan, time.time(), self.settings.max_plan_age_s
+        )
         if verdict is not None:
-            await self._record(entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started, False)
+            await self._record(
+                entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started, False
+            )
             return
         if self.stopping.is_set():
             raise RedisUnavailable("stopping before the claim")  # left pending for the next start
@@ -203,7 +226,9 @@ class ApplyLayer:
         verdict = gates.claim_verdict(claim)
         if verdict is not None:
             _count_denial(claim)
-            await self._record(entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started, False)
+            await self._record(
+                entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started, False
+            )
             return
         if not self.settings.testnet and claim.kind == "claimed":
             metrics.p33_permit_allow_total.inc()
@@ -236,12 +261,18 @@ class ApplyLayer:
         try:
             reply = await self.scripts.claim(
                 keys=[
-                    keys.GLOBAL_SWITCH, keys.symbol_switch(plan.symbol), keys.dedupe_mark(plan.plan_id),
-                    keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id),
+                    keys.GLOBAL_SWITCH,
+                    keys.symbol_switch(plan.symbol),
+                    keys.dedupe_mark(plan.plan_id),
+                    keys.governor_permit(plan.plan_id),
+                    keys.p33_permit(plan.plan_id),
                 ],
                 args=[
-                    entry_id, "0" if self.settings.testnet else "1", "1" if plan.only_reduces else "0",
-                    self.settings.dedupe_ttl_s, self.settings.consumer_name,
+                    entry_id,
+                    "0" if self.settings.testnet else "1",
+                    "1" if plan.only_reduces else "0",
+                    self.settings.dedupe_ttl_s,
+                    self.settings.consumer_name,
                 ],
             )
         except (RedisError, OSError) as error:
@@ -268,21 +299,29 @@ class ApplyLayer:
                 break  # fail closed: later steps assumed this one worked
         return outcomes
 
-    async def _dead_letter(self, entry_id: str, fields: Mapping[str, str], error: PlanError, started: float) -> None:
+    async def _dead_letter(
+        self, entry_id: str, fields: Mapping[str, str], error: PlanError, started: float
+    ) -> None:
         metrics.apply_dead_letters_total.labels(error.reason).inc()
         log.warning("plan %s dead-lettered: %s", entry_id, error)
         result = Result(fields.get("plan_id", ""), fields.get("symbol", ""), "dead_letter", str(error))
         await self._record(entry_id, result, started, False, {**fields, "dlq_reason": str(error)})
 
     async def _record(
-        self, entry_id: str, result: Result, started: float, claimed: bool,
+        self,
+        entry_id: str,
+        result: Result,
+        started: float,
+        claimed: bool,
         dead_letter: Mapping[str, str] | None = None,
     ) -> None:
         """Retried until Redis takes it: once an order went out, its result must not be lost."""
         delay = 0.05
         while True:
             try:
-                await self.recorder.record(entry_id, result, time.perf_counter() - started, claimed, dead_letter)
+                await self.recorder.record(
+                    entry_id, result, time.perf_counter() - started, claimed, dead_letter
+                )
                 break
             except (RedisError, OSError) as error:
                 _redis_failed(error)
@@ -294,7 +333,8 @@ class ApplyLayer:
         metrics.apply_executed_total.labels(result.status).inc()
         metrics.apply_plan_duration_seconds.observe(time.perf_counter() - started)
         log.info(
-            "plan handled", extra={"plan_id": result.plan_id, "status": result.status, "reason": result.reason}
+            "plan handled",
+            extra={"plan_id": result.plan_id, "status": result.status, "reason": result.reason},
         )
 
 
@@ -305,7 +345,9 @@ def _result_of(plan: Plan, outcomes: list[StepOutcome]) -> Result:
     if placed == len(plan.steps):
         return Result(plan.plan_id, plan.symbol, "executed", "", steps)
     if placed:
-        return Result(plan.plan_id, plan.symbol, "partial", f"step {last.index} {last.status}: {last.detail}", steps)
+        return Result(
+            plan.plan_id, plan.symbol, "partial", f"step {last.index} {last.status}: {last.detail}", steps
+        )
     if all(outcome.status == "nothing_to_do" for outcome in outcomes):
         return Result(plan.plan_id, plan.symbol, "skipped", f"nothing_to_do: {last.detail}", steps)
     status = "halted" if last.status == "halted" else ("blocked" if last.status == "blocked" else "error")
@@ -313,7 +355,9 @@ def _result_of(plan: Plan, outcomes: list[StepOutcome]) -> Result:
 
 
 def _not_sent(plan: Plan, index: int, status: str, detail: str) -> StepOutcome:
-    return StepOutcome(index, plan.steps[index].kind, status, client_order_id(plan.plan_id, index), detail=detail)
+    return StepOutcome(
+        index, plan.steps[index].kind, status, client_order_id(plan.plan_id, index), detail=detail
+    )
 
 
 def _count_denial(claim: gates.ClaimResult) -> None:
@@ -343,5 +387,5 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+def _decode(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, str]:
     return {_text(key): _text(value) for key, value in fields.items()}

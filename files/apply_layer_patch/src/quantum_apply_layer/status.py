@@ -17,17 +17,23 @@ async def collect_status(redis: Redis, settings: Settings, audit_count: int) -> 
     symbols = await read_symbol_switches(redis)
     groups = await redis.xinfo_groups(keys.PLAN_STREAM) if await redis.exists(keys.PLAN_STREAM) else []
     group = next((g for g in groups if _text(g.get("name")) == settings.consumer_group), None)
-    recent = await redis.xrevrange(keys.RESULT_STREAM, count=RECENT_RESULTS)
-    results = [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in recent]
+    recent = await redis.xrevrange(keys.RESULT_STREAM, count=RECENT_RESULTS) or []
+    results = [{_text(k): _text(v) for k, v in (fields or {}).items()} for _id, fields in recent]
     executed = next((r for r in results if r.get("status") in {"executed", "partial"}), None)
     return {
         "mode": settings.mode,
         "exchange_url": settings.exchange_url,
         "switch": {
-            "global": {"state": global_switch.state.value, "value": global_switch.raw, "reason": global_switch.reason},
+            "global": {
+                "state": global_switch.state.value,
+                "value": global_switch.raw,
+                "reason": global_switch.reason,
+            },
             "symbols": {
                 reading.scope.removeprefix("symbol:"): {
-                    "state": reading.state.value, "value": reading.raw, "reason": reading.reason,
+                    "state": reading.state.value,
+                    "value": reading.raw,
+                    "reason": reading.reason,
                 }
                 for reading in symbols
             },
@@ -53,7 +59,10 @@ def render_status(status: dict[str, object]) -> str:
     g = switch["global"]
     lines.append(f"kill switch (global): {g['state']}  value={g['value']!r}  reason={g['reason']!r}")
     for symbol, reading in switch["symbols"].items():
-        lines.append(f"kill switch ({symbol}): {reading['state']}  value={reading['value']!r}  reason={reading['reason']!r}")
+        lines.append(
+            f"kill switch ({symbol}): {reading['state']}  value={reading['value']!r}  "
+            f"reason={reading['reason']!r}"
+        )
     stream = status["plan_stream"]
     assert isinstance(stream, dict)
     lines.append(

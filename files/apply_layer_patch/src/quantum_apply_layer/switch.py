@@ -94,7 +94,11 @@ async def set_switch(
     if symbol is None:
         scope, switch_key, reason_key = "global", keys.GLOBAL_SWITCH, keys.GLOBAL_SWITCH_REASON
     else:
-        scope, switch_key, reason_key = f"symbol:{symbol}", keys.symbol_switch(symbol), keys.symbol_switch_reason(symbol)
+        scope, switch_key, reason_key = (
+            f"symbol:{symbol}",
+            keys.symbol_switch(symbol),
+            keys.symbol_switch_reason(symbol),
+        )
     old, audit_id = await scripts.set_switch(
         keys=[switch_key, reason_key, keys.AUDIT_STREAM],
         args=[value, reason.strip(), who, scope, AUDIT_MAXLEN],
@@ -103,8 +107,8 @@ async def set_switch(
 
 
 async def read_audit(redis: Redis, count: int) -> list[dict[str, str]]:
-    entries = await redis.xrevrange(keys.AUDIT_STREAM, count=count)
-    return [{"id": _text(entry_id) or "", **_decode(fields)} for entry_id, fields in entries]
+    entries = await redis.xrevrange(keys.AUDIT_STREAM, count=count) or []
+    return [{"id": _text(entry_id) or "", **_decode(fields or {})} for entry_id, fields in entries]
 
 
 def audit_time(entry: dict[str, str]) -> str:
