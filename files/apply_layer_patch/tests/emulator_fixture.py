@@ -11,7 +11,7 @@ import pytest
 from quantum_apply_layer.emulator import ExchangeEmulator
 
 EMULATOR_API_KEY = "emulator-test-key"
-EMULATOR_API_SECRET = "emulator-test-secret"  # noqa: S105 - a credential of the emulator only
+EMULATOR_API_SECRET = "emulator-test-secret"
 
 
 @pytest.fixture(scope="session")

@@ -349,7 +349,7 @@ def test_cli_refuses_a_credentials_directory_without_the_files(tmp_path: Path) -
     result = _run_cli(
         "--port",
         str(_free_port()),
-        env=_cli_env(CREDENTIALS_DIRECTORY=str(tmp_path), BINANCE_API_KEY="k", BINANCE_API_SECRET="s"),  # noqa: S106
+        env=_cli_env(CREDENTIALS_DIRECTORY=str(tmp_path), BINANCE_API_KEY="k", BINANCE_API_SECRET="s"),
     )
     assert result.returncode == 2
     assert str(tmp_path / "BINANCE_API_KEY") in result.stderr
@@ -361,7 +361,7 @@ def test_cli_refuses_a_non_loopback_host() -> None:
         "0.0.0.0",  # noqa: S104 - the case under test
         "--port",
         str(_free_port()),
-        env=_cli_env(BINANCE_API_KEY="k", BINANCE_API_SECRET="s"),  # noqa: S106 - a test credential
+        env=_cli_env(BINANCE_API_KEY="k", BINANCE_API_SECRET="s"),
     )
     assert result.returncode == 2
     assert "--allow-non-loopback" in result.stderr
@@ -395,7 +395,7 @@ async def test_cli_serves_with_credentials_from_systemd_files(
             f"{base}/fapi/v3/positionRisk",
             {},
             key="file-key",
-            secret="file-secret",  # noqa: S106
+            secret="file-secret",
         )
         assert (status, [(r["symbol"], r["positionAmt"]) for r in rows]) == (200, [("BTCUSDT", "0.250")])
     finally:

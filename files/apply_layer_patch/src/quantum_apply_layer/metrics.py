@@ -141,21 +141,3 @@ apply_plan_stream_pending = Gauge(
     "Plans delivered to the consumer group but not yet acknowledged.",
     registry=REGISTRY,
 )
-apply_risk_block_total = Counter(
-    "apply_risk_block",
-    "Plans blocked by the apply layer's own risk gates: rate_global, rate_symbol, notional, stale.",
-    ["gate"],
-    registry=REGISTRY,
-)
-apply_auto_trip_total = Counter(
-    "apply_auto_trip",
-    "Times this process set the global switch itself, by condition.",
-    ["condition"],
-    registry=REGISTRY,
-)
-apply_emergency_close_total = Counter(
-    "apply_emergency_close",
-    "Emergency closes asked for while halted, by outcome.",
-    ["outcome"],
-    registry=REGISTRY,
-)

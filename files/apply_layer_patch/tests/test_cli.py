@@ -1,0 +1,126 @@
+"""The operator interface as an operator meets it: the console script, its output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
+from redis import Redis as SyncRedis
+from redis_server import RedisServer, free_port
+from service_process import ServiceProcess
+
+from quantum_apply_layer.emulator import ExchangeEmulator
+
+SCRIPT = str(Path(sys.executable).parent / "quantum-apply-layer")
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SCRIPT, "--env-file", "/nonexistent", *args],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_check_config_masks_secrets_and_passes() -> None:
+    done = cli(
+        "check-config",
+        REDIS_URL="redis://apply_layer:pw-123@127.0.0.1:6379/0",
+        BINANCE_API_KEY="key-abcd",
+        BINANCE_API_SECRET="secret-xyz",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "TESTNET=false" in done.stdout
+    assert "REDIS_URL=redis://apply_layer:***@127.0.0.1:6379/0" in done.stdout
+    assert "pw-123" not in done.stdout
+    assert "secret-xyz" not in done.stdout
+
+
+@pytest.mark.parametrize("testnet", ["yes", "TRUE-ish", ""])
+def test_a_bad_mode_refuses_with_the_variable_named(testnet: str) -> None:
+    done = cli("check-config", TESTNET=testnet)
+    assert done.returncode == 2
+    assert "TESTNET=" in done.stderr
+    assert "'false'" in done.stderr
+
+
+def test_run_refuses_testnet_pointed_at_production() -> None:
+    done = cli(
+        "run",
+        TESTNET="true",
+        APPLY_EXCHANGE_URL="https://fapi.binance.com",
+        BINANCE_API_KEY="k",
+        BINANCE_API_SECRET="s",
+    )
+    assert done.returncode == 2
+    assert "testnet may only reach a sandbox" in done.stderr
+
+
+def flush(server: RedisServer) -> None:
+    SyncRedis.from_url(server.url).flushall()
+
+
+def test_kill_and_status(redis_server: RedisServer) -> None:
+    flush(redis_server)
+    env = {"REDIS_URL": redis_server.url}
+    done = cli("kill", "on", "--reason", "INC-1 test", "--who", "alice", **env)
+    assert done.returncode == 0, done.stderr
+    assert "global: running (absent) -> halted (true)" in done.stdout
+    assert cli("kill", "reduce-only", "--symbol", "ETHUSDT", "--reason", "wind down", **env).returncode == 0
+    status = json.loads(cli("status", "--json", **env).stdout)
+    assert status["mode"] == "production"
+    assert status["switch"]["global"] == {"state": "halted", "value": "true", "reason": "INC-1 test"}
+    assert status["switch"]["symbols"]["ETHUSDT"]["state"] == "reduce_only"
+    assert [entry["who"] for entry in status["audit"]][-1] == "alice"
+    text = cli("status", **env).stdout
+    assert "kill switch (global): halted" in text
+    assert cli("kill", "off", "--reason", "", **env).returncode == 2  # a reason is required
+    assert cli("kill", "on", "--symbol", "eth/usdt", "--reason", "x", **env).returncode == 2
+
+
+def test_status_says_when_redis_is_unreachable() -> None:
+    done = cli("status", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 3
+    assert "Redis error" in done.stderr
+
+
+def test_metrics_endpoint_serves_the_contract_names(
+    redis_server: RedisServer, emulator: ExchangeEmulator, tmp_path: Path
+) -> None:
+    flush(redis_server)
+    port = free_port()
+    service = ServiceProcess(
+        redis_server.url, emulator.base_url, tmp_path / "log", APPLY_METRICS_PORT=str(port)
+    )
+    service.start()
+    try:
+        body = ""
+        deadline = time.monotonic() + 20
+        while "apply_redis_up 1.0" not in body and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                time.sleep(0.1)
+    finally:
+        assert service.terminate() == 0  # SIGTERM: a clean stop
+    assert 'apply_build_info{mode="production"' in body
+    assert "apply_redis_up 1.0" in body
+    for name in (
+        "p33_permit_allow_total",
+        "permit_wait_ms_bucket",
+        'apply_kill_switch_state{state="running"} 1.0',
+    ):
+        assert name in body
+    assert EMULATOR_API_SECRET not in body
+    assert EMULATOR_API_KEY not in body
