@@ -57,13 +57,13 @@ async def claim_times(redis: Redis) -> dict[str, float]:
     return marks
 
 
+def plan_of(client_order_id: str | None) -> str:
+    return (client_order_id or "").removeprefix("qh-").rsplit("-", 1)[0]
+
+
 def order_plan_ids(emulator: ExchangeEmulator) -> Counter[str]:
     """Plans with an order the exchange accepted (the emulator logs rejected ones too)."""
-    return Counter(
-        (o.client_order_id or "").removeprefix("qh-").rsplit("-", 1)[0]
-        for o in emulator.orders()
-        if o.status != "REJECTED"
-    )
+    return Counter(plan_of(o.client_order_id) for o in emulator.orders() if o.status != "REJECTED")
 
 
 async def test_switch_set_with_1000_plans_in_flight_stops_every_later_order(
@@ -108,21 +108,25 @@ async def test_redis_lost_while_plans_flow_sends_nothing_and_loses_nothing(
     try:
         while await redis.xlen(keys.RESULT_STREAM) < 50:
             await asyncio.sleep(0.01)
+        clock = asyncio.get_running_loop().time  # CLOCK_MONOTONIC, as the emulator's receive times
         own_redis.stop()
-        stopped_at = asyncio.get_running_loop().time()
-        await asyncio.sleep(0.5)  # orders claimed before the stop may still be on the wire
-        during = len(emulator.orders())
-        await asyncio.sleep(2.0)
-        assert len(emulator.orders()) == during, "an order went out while Redis was down"
+        dead_at = clock()
+        await asyncio.sleep(2.5)
         assert service.alive  # fail closed is not a crash
+        restarted_at = clock()
         own_redis.start()
-        assert asyncio.get_running_loop().time() - stopped_at >= 2.0
         await redis.aclose()  # its connection died with the server
         redis = Redis.from_url(own_redis.url, decode_responses=True)
         found = await wait_for_results(redis, 400, timeout_s=60)
+        claimed = await claim_times(redis)
     finally:
         service.terminate()
         await redis.aclose()
+    # While Redis was down, only plans claimed before it died (at most APPLY_MAX_IN_FLIGHT in hand)
+    # could still reach the exchange; none started while it was down.
+    during = [o for o in emulator.orders() if dead_at <= o.received_monotonic <= restarted_at]
+    assert len(during) <= 4
+    assert all(plan_of(o.client_order_id) in claimed for o in during)
     assert set(found) == set(plan_ids)  # none lost
     orders = order_plan_ids(emulator)
     assert max(orders.values()) == 1  # none doubled
@@ -137,9 +141,15 @@ async def test_sigkill_at_random_points_neither_doubles_nor_loses_a_plan(
     service = ServiceProcess(redis_server.url, emulator.base_url, tmp_path / "service.log")
     chance = random.Random(20261125)
     kills = 0
-    while await redis.xlen(keys.RESULT_STREAM) < 500 and kills < 8:
+    # Kill points by progress, not by time: each after a random number of further results, so the
+    # kills land mid-flow however fast this machine is.
+    while kills < 6:
+        target = await redis.xlen(keys.RESULT_STREAM) + chance.randint(20, 80)
         service.start()
-        await asyncio.sleep(chance.uniform(0.8, 2.0))
+        for _ in range(1000):  # bounded: 20 s at most
+            if await redis.xlen(keys.RESULT_STREAM) >= target:
+                break
+            await asyncio.sleep(0.02)
         service.kill()
         kills += 1
     service.start()
@@ -147,7 +157,6 @@ async def test_sigkill_at_random_points_neither_doubles_nor_loses_a_plan(
         found = await wait_for_results(redis, 600, timeout_s=90)
     finally:
         assert service.terminate() == 0
-    assert kills >= 3
     assert set(found) == set(plan_ids)  # none lost
     assert (await redis.xlen(keys.RESULT_STREAM)) == 600  # each recorded once
     orders = order_plan_ids(emulator)

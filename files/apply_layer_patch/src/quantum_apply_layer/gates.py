@@ -25,6 +25,7 @@ class ClaimResult:
 
     kind: str
     detail: str
+    mark: dict[str, object]  # the dedupe mark of a claimed (or resumed) plan
     governor_permit: dict[str, object]
     p33_permit: dict[str, object]
 
@@ -35,11 +36,10 @@ class ClaimResult:
         if kind == "denied":
             detail = f"{values[1]}:{values[2]}"
         if kind not in {"claimed", "resume"}:
-            return cls(kind, detail, {}, {})
+            return cls(kind, detail, {}, {}, {})
         mark = _json_object(detail)  # the dedupe mark, which keeps the permits the claim consumed
-        return cls(
-            kind, detail, _json_object(str(mark.get("governor", ""))), _json_object(str(mark.get("p33", "")))
-        )
+        governor = _json_object(str(mark.get("governor", "")))
+        return cls(kind, detail, mark, governor, _json_object(str(mark.get("p33", ""))))
 
 
 def decision_gate(plan: Plan) -> Verdict | None:

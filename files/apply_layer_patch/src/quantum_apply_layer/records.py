@@ -54,9 +54,10 @@ class Recorder:
         entry_id: str,
         result: Result,
         duration_s: float,
-        claimed: bool,
+        claim_mark: Mapping[str, object] | None = None,
         dead_letter: Mapping[str, str] | None = None,
     ) -> None:
+        """`claim_mark` is the dedupe mark of a claimed plan; it is kept, marked done, for its TTL."""
         async with self.redis.pipeline(transaction=True) as pipe:
             if dead_letter is not None:
                 pipe.xadd(keys.DLQ_STREAM, _stream_fields(dead_letter))
@@ -66,9 +67,10 @@ class Recorder:
                 maxlen=self.result_maxlen,
                 approximate=True,
             )
-            if claimed:
-                # The mark stays as "done" for its TTL: a plan id seen again is then a duplicate.
-                done = json.dumps({"state": "done", "owner": entry_id, "status": result.status})
+            if claim_mark is not None:
+                # A plan id seen again while the mark lives is a duplicate; the claim's time and
+                # permits stay in it for whoever investigates.
+                done = json.dumps({**claim_mark, "state": "done", "status": result.status})
                 pipe.set(keys.dedupe_mark(result.plan_id), done, ex=self.dedupe_ttl_s)
             pipe.xack(keys.PLAN_STREAM, self.group, entry_id)
             await pipe.execute()

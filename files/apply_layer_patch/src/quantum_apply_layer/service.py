@@ -201,9 +201,7 @@ class ApplyLayer:
     async def handle(self, entry_id: str, fields: dict[str, str] | None, recovered: bool) -> None:
         started = time.perf_counter()
         if fields is None:  # trimmed from the stream before we could read it
-            await self._record(
-                entry_id, Result("", "", "dead_letter", "entry_deleted: no fields"), started, False
-            )
+            await self._record(entry_id, Result("", "", "dead_letter", "entry_deleted: no fields"), started)
             return
         try:
             plan = parse_plan(fields)
@@ -216,7 +214,7 @@ class ApplyLayer:
         )
         if verdict is not None:
             await self._record(
-                entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started, False
+                entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
             )
             return
         if self.stopping.is_set():
@@ -227,14 +225,14 @@ class ApplyLayer:
         if verdict is not None:
             _count_denial(claim)
             await self._record(
-                entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started, False
+                entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
             )
             return
         if not self.settings.testnet and claim.kind == "claimed":
             metrics.p33_permit_allow_total.inc()
 
         outcomes = await self._execute(plan, entry_id, claim, resumed=recovered or claim.kind == "resume")
-        await self._record(entry_id, _result_of(plan, outcomes), started, True)
+        await self._record(entry_id, _result_of(plan, outcomes), started, claim_mark=claim.mark)
 
     async def _claim_waiting_for_permits(self, plan: Plan, entry_id: str) -> gates.ClaimResult:
         waited_from = time.perf_counter()
@@ -305,14 +303,14 @@ class ApplyLayer:
         metrics.apply_dead_letters_total.labels(error.reason).inc()
         log.warning("plan %s dead-lettered: %s", entry_id, error)
         result = Result(fields.get("plan_id", ""), fields.get("symbol", ""), "dead_letter", str(error))
-        await self._record(entry_id, result, started, False, {**fields, "dlq_reason": str(error)})
+        await self._record(entry_id, result, started, dead_letter={**fields, "dlq_reason": str(error)})
 
     async def _record(
         self,
         entry_id: str,
         result: Result,
         started: float,
-        claimed: bool,
+        claim_mark: Mapping[str, object] | None = None,
         dead_letter: Mapping[str, str] | None = None,
     ) -> None:
         """Retried until Redis takes it: once an order went out, its result must not be lost."""
@@ -320,12 +318,12 @@ class ApplyLayer:
         while True:
             try:
                 await self.recorder.record(
-                    entry_id, result, time.perf_counter() - started, claimed, dead_letter
+                    entry_id, result, time.perf_counter() - started, claim_mark, dead_letter
                 )
                 break
             except (RedisError, OSError) as error:
                 _redis_failed(error)
-                if not claimed:
+                if claim_mark is None:  # nothing was sent: leave it pending, it is safe to redo
                     raise RedisUnavailable(f"recording failed: {error}") from error
                 log.warning("recording plan %s failed, retrying: %s", result.plan_id, error)
                 await asyncio.sleep(delay)
