@@ -1,0 +1,65 @@
+"""Send one plan with both permits and a 0.5 BTCUSDT position, wait for its result, count its orders.
+
+Run inside the container with the release's python: `python - PLAN_ID < plan_probe.py`. Prints JSON.
+"""
+
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis
+
+env = dict(
+    line.split("=", 1)
+    for line in Path("/etc/quantum/apply-layer.env").read_text().splitlines()
+    if line and not line.startswith("#") and "=" in line
+)
+exchange, plan_id = env["APPLY_EXCHANGE_URL"], sys.argv[1]
+client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+
+
+def call(method: str, path: str, body: object = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        exchange + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - the emulator on loopback
+        return json.loads(response.read())
+
+
+call("POST", "/_emulator/positions", {"BTCUSDT": 0.5})
+client.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
+client.set(
+    f"quantum:permit:p33:{plan_id}",
+    json.dumps({"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 0.5, "reason": "test"}),
+    ex=60,
+)
+last = client.xrevrange("quantum:stream:apply.result", count=1)
+cursor = last[0][0] if last else "0-0"
+client.xadd(
+    "quantum:stream:apply.plan",
+    {
+        "plan_id": plan_id,
+        "symbol": "BTCUSDT",
+        "action": "FULL_CLOSE_PROPOSED",
+        "decision": "EXECUTE",
+        "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
+    },
+)
+status = None
+deadline = time.monotonic() + 30
+while status is None and time.monotonic() < deadline:
+    for _stream, entries in client.xread({"quantum:stream:apply.result": cursor}, block=1000) or []:
+        for entry_id, fields in entries:
+            cursor = entry_id
+            if fields.get("plan_id") == plan_id:
+                status = fields.get("status")
+orders = call("GET", "/_emulator/orders")["orders"]
+print(
+    json.dumps(
+        {"status": status, "orders": sum(1 for o in orders if o["clientOrderId"] == f"qh-{plan_id}-0")}
+    )
+)

@@ -1,0 +1,36 @@
+"""Prometheus has loaded the rules and scrapes every job; the Redis exporter reaches Redis."""
+
+import yaml
+from infra_helpers import PROMETHEUS, http_json, http_text, prometheus_targets
+from testinfra.host import Host
+
+JOBS_UP = {"node", "redis", "prometheus", "alertmanager"}
+
+
+def test_every_rule_group_is_loaded(host: Host) -> None:
+    on_disk = {
+        group["name"]
+        for path in host.file("/etc/prometheus/rules").listdir()
+        for group in yaml.safe_load(host.file(f"/etc/prometheus/rules/{path}").content_string)["groups"]
+    }
+    loaded = {group["name"] for group in http_json(host, f"{PROMETHEUS}/api/v1/rules")["data"]["groups"]}
+    assert on_disk
+    assert loaded == on_disk
+
+
+def test_jobs_are_up_and_labelled_with_env(host: Host) -> None:
+    targets = prometheus_targets(host, JOBS_UP)
+    health = {target["labels"]["job"]: target["health"] for target in targets}
+    # Nothing serves the apply layer in this scenario: its job exists and reads down.
+    assert health == {**dict.fromkeys(JOBS_UP, "up"), "apply_layer": "down"}
+    assert {target["labels"]["env"] for target in targets} == {"lab"}
+
+
+def test_redis_exporter_authenticates(host: Host) -> None:
+    assert "redis_up 1" in http_text(host, "http://127.0.0.1:9121/metrics").splitlines()
+
+
+def test_alertmanager_is_ready_and_wired(host: Host) -> None:
+    assert http_text(host, "http://127.0.0.1:9093/-/ready").strip() == "OK"
+    alertmanagers = http_json(host, f"{PROMETHEUS}/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+    assert [am["url"] for am in alertmanagers] == ["http://127.0.0.1:9093/api/v2/alerts"]

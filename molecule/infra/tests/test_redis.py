@@ -1,0 +1,69 @@
+"""Redis: ACL users, persistence and the keyspace notifications the apply layer waits on."""
+
+import pytest
+from infra_helpers import inventory, redis_cli
+from testinfra.host import Host
+
+
+@pytest.fixture(name="apply_layer")
+def fixture_apply_layer(host: Host) -> tuple[str, str]:
+    variables = inventory(host)
+    return variables.get("redis_apply_layer_user", "apply_layer"), variables["redis_apply_layer_password"]
+
+
+@pytest.fixture(name="exporter")
+def fixture_exporter(host: Host) -> tuple[str, str]:
+    variables = inventory(host)
+    return variables.get("redis_exporter_user", "redis_exporter"), variables["redis_exporter_password"]
+
+
+def test_anonymous_client_is_refused(host: Host) -> None:
+    assert redis_cli(host, None, None, "PING").startswith("NOAUTH")
+
+
+def test_default_user_is_disabled(host: Host) -> None:
+    assert "WRONGPASS" in redis_cli(host, "default", "anything-at-all", "PING")
+
+
+def test_apply_layer_reads_and_writes_its_keys(host: Host, apply_layer: tuple[str, str]) -> None:
+    assert redis_cli(host, *apply_layer, "PING") == "PONG"
+    assert redis_cli(host, *apply_layer, "SET", "quantum:molecule:probe", "1", "EX", "60") == "OK"
+    assert redis_cli(host, *apply_layer, "GET", "quantum:molecule:probe") == "1"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("SET", "elsewhere:probe", "1"),
+        ("GET", "elsewhere:probe"),
+        ("FLUSHALL",),
+        ("KEYS", "*"),
+        ("CONFIG", "SET", "appendonly", "no"),
+        ("ACL", "LIST"),
+    ],
+)
+def test_apply_layer_cannot_leave_its_lane(
+    host: Host, apply_layer: tuple[str, str], command: tuple[str, ...]
+) -> None:
+    assert redis_cli(host, *apply_layer, *command).startswith("NOPERM")
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected_flags"),
+    [("notify-keyspace-events", {"K", "$"}), ("appendonly", {"yes"})],
+)
+def test_settings_the_apply_layer_checks(
+    host: Host, apply_layer: tuple[str, str], setting: str, expected_flags: set[str]
+) -> None:
+    name, value = redis_cli(host, *apply_layer, "CONFIG", "GET", setting).splitlines()
+    assert name == setting
+    assert expected_flags <= ({value} | set(value))
+
+
+def test_exporter_user_reads_no_keys(host: Host, exporter: tuple[str, str]) -> None:
+    assert redis_cli(host, *exporter, "INFO", "server").startswith("# Server")
+    assert redis_cli(host, *exporter, "GET", "quantum:molecule:probe").startswith("NOPERM")
+
+
+def test_exporter_password_is_not_on_a_command_line(host: Host, exporter: tuple[str, str]) -> None:
+    assert exporter[1] not in host.check_output("ps -eo args")

@@ -1,0 +1,209 @@
+"""Prove the kill switch gates real orders, against the lab's exchange emulator only.
+
+Run by the smoke role with the apply layer release's own python (redis-py is there). It reads the
+apply layer's env file, so the Redis password never appears on a command line.
+
+1. Refuse unless APPLY_EXCHANGE_URL is a loopback address whose /_emulator/info names the emulator.
+2. Switch on  -> a plan with both permits gives a `halted` result and no order at the emulator.
+3. Switch off -> the same kind of plan gives an `executed` result and exactly one order.
+4. Always put the switch and its reason back exactly as found (value, reason, or their absence).
+Switch changes go through `quantum-apply-layer kill`, so each one has an audit entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+PLAN_STREAM = "quantum:stream:apply.plan"
+RESULT_STREAM = "quantum:stream:apply.result"
+SWITCH = "quantum:global:kill_switch"
+SWITCH_REASON = "quantum:global:kill_switch:reason"
+SYMBOL = "BTCUSDT"
+EMULATOR_NAME = "quantum-exchange-emulator"
+# What `kill <command>` writes for each state, to put an equivalent state back with an audit entry.
+RESTORE_COMMAND = {"running": "off", "halted": "on", "reduce_only": "reduce-only"}
+
+
+class SmokeFailed(Exception):
+    """The gate did not behave as the contract says, or the target is not the lab's emulator."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")) and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def http_json(method: str, url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - loopback only, checked first
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only, checked first
+        return json.loads(response.read())
+
+
+def require_emulator(exchange_url: str) -> None:
+    host = urlsplit(exchange_url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SmokeFailed(
+            f"APPLY_EXCHANGE_URL {exchange_url} is not a loopback address: the smoke test sends "
+            "real orders and runs only against the lab's exchange emulator"
+        )
+    info = http_json("GET", f"{exchange_url}/_emulator/info")
+    if not isinstance(info, dict) or info.get("emulator") != EMULATOR_NAME:
+        raise SmokeFailed(f"{exchange_url}/_emulator/info does not name {EMULATOR_NAME}: {info!r}")
+
+
+def switch_state(raw: str | None) -> str:
+    """CONTRACT.md's switch table (only used to choose an equivalent `kill` command)."""
+    value = (raw or "false").strip().lower()
+    if value in {"false", "0", "no", "off"}:
+        return "running"
+    if value in {"true", "1", "yes", "on"}:
+        return "halted"
+    return "reduce_only" if value == "reduce_only" else "invalid"
+
+
+class Smoke:
+    def __init__(self, client: redis.Redis[str], exchange_url: str, cli: Path, timeout_s: float) -> None:
+        self.client = client
+        self.exchange_url = exchange_url
+        self.cli = cli
+        self.timeout_s = timeout_s
+        self.run_id = uuid.uuid4().hex[:8]
+
+    def kill(self, command: str, reason: str) -> None:
+        subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [str(self.cli), "kill", command, "--reason", reason, "--who", "ansible-smoke"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    def send_plan(self, plan_id: str) -> str:
+        """Position, both permits, then the plan: what the planner, P3.2 and P3.3 would do."""
+        http_json("POST", f"{self.exchange_url}/_emulator/positions", {SYMBOL: 0.5})
+        self.client.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
+        self.client.set(
+            f"quantum:permit:p33:{plan_id}",
+            json.dumps(
+                {"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 0.5, "reason": "smoke"}
+            ),
+            ex=60,
+        )
+        last = self.client.xrevrange(RESULT_STREAM, count=1)
+        cursor = last[0][0] if last else "0-0"
+        self.client.xadd(
+            PLAN_STREAM,
+            {
+                "plan_id": plan_id,
+                "symbol": SYMBOL,
+                "action": "FULL_CLOSE_PROPOSED",
+                "decision": "EXECUTE",
+                "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
+                "reason_codes": "smoke",
+                "timestamp": str(int(time.time())),
+            },
+        )
+        return cursor
+
+    def wait_result(self, plan_id: str, cursor: str) -> dict[str, str]:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            for _stream, entries in self.client.xread({RESULT_STREAM: cursor}, block=1000) or []:
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    if fields.get("plan_id") == plan_id:
+                        return dict(fields)
+        raise SmokeFailed(f"no result for plan {plan_id} on {RESULT_STREAM} within {self.timeout_s:.0f} s")
+
+    def orders_for(self, plan_id: str) -> int:
+        orders = http_json("GET", f"{self.exchange_url}/_emulator/orders")
+        if isinstance(orders, dict):
+            orders = orders.get("orders", [])
+        return sum(1 for order in orders if order.get("clientOrderId") == f"qh-{plan_id}-0")
+
+    def check(self, phase: str, expected_status: str, expected_orders: int) -> dict[str, Any]:
+        plan_id = f"smoke-{self.run_id}-{phase}"
+        result = self.wait_result(plan_id, self.send_plan(plan_id))
+        orders = self.orders_for(plan_id)
+        outcome = {"plan_id": plan_id, "status": result.get("status"), "orders": orders}
+        if result.get("status") != expected_status or orders != expected_orders:
+            raise SmokeFailed(
+                f"switch {phase}: expected status {expected_status} and {expected_orders} order(s), "
+                f"got {outcome} (result entry: {result})"
+            )
+        return outcome
+
+    def restore(self, value: str | None, reason: str | None) -> None:
+        """An audited change to the same state, then the exact original bytes (or their absence)."""
+        command = RESTORE_COMMAND.get(switch_state(value))
+        if command is not None:
+            self.kill(command, reason or f"smoke {self.run_id}: restore the switch as found")
+        pipe = self.client.pipeline(transaction=True)
+        for key, original in ((SWITCH, value), (SWITCH_REASON, reason)):
+            if original is None:
+                pipe.delete(key)
+            else:
+                pipe.set(key, original)
+        pipe.execute()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env-file", type=Path, default=Path("/etc/quantum/apply-layer.env"))
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each result")
+    args = parser.parse_args()
+    env = read_env_file(args.env_file)
+    exchange_url = env["APPLY_EXCHANGE_URL"].rstrip("/")
+    cli = Path(sys.executable).parent / "quantum-apply-layer"
+    try:
+        require_emulator(exchange_url)
+        client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+        symbol_switch = client.get(f"quantum:kill_switch:symbol:{SYMBOL}")
+        if switch_state(symbol_switch) != "running":
+            raise SmokeFailed(f"the {SYMBOL} switch is {symbol_switch!r}; the smoke test needs it running")
+        smoke = Smoke(client, exchange_url, cli, args.timeout)
+        value, reason = client.get(SWITCH), client.get(SWITCH_REASON)
+        try:
+            smoke.kill("on", f"smoke {smoke.run_id}: prove a halt stops orders")
+            halted = smoke.check("halted", "halted", 0)
+            smoke.kill("off", f"smoke {smoke.run_id}: prove orders resume")
+            resumed = smoke.check("running", "executed", 1)
+        finally:
+            smoke.restore(value, reason)
+    except (SmokeFailed, subprocess.CalledProcessError, OSError, redis.RedisError) as error:
+        detail = getattr(error, "stderr", "") or ""
+        print(f"smoke failed: {error} {detail}".strip(), file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {"halted": halted, "running": resumed, "switch_restored": value, "reason_restored": reason}
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
