@@ -48,12 +48,14 @@ image: docker
 wheelhouse: venv
 	bash scripts/build-wheelhouse.sh
 
+## molecule: the infrastructure roles alone (ACLs, validation), then the whole stack as deployed.
 molecule: venv image wheelhouse
+	molecule test -s infra
 	molecule test -s default
 
 ## lab: build what is needed, deploy the whole stack onto a local container, smoke it, say where to look.
-lab: venv image wheelhouse
+lab: venv
 	bash scripts/lab.sh
 
 bench: venv
-	cd $(PKG) && python -m bench
+	cd $(PKG)/tests && python bench.py

@@ -5,13 +5,15 @@ process, and the service as `quantum-apply-layer run` in its own process (TESTNE
 so neither shares a GIL with this script. Times are taken on CLOCK_MONOTONIC, which is system-wide on
 Linux: the emulator stamps every order it receives with it, so its stamps compare with ours.
 
-1. switch SET -> last order started: plans flow, the global switch is SET; the latency is the last
-   order the exchange accepted after the SET (0 when none). Claims after the SET are counted, too: the
-   dedupe marks counted in the SET's own MULTI against those after the drain (must be 0).
+1. switch SET -> last order started: plans flow, the global switch is SET; the latency runs from just
+   before the SET is sent to the last order the exchange accepted after it (0 when none). Claims after
+   the SET are counted, too: the dedupe marks counted in the SET's own MULTI against those after the
+   drain (must be 0).
 2. permit arrival -> order sent: a plan waits for its permits; both are SET in one MULTI; the latency
    is the emulator's arrival stamp of the plan's order.
 3. plans/s through all gates, from the first plan's start to the last result (a preloaded backlog),
-   and that rate against `redis-benchmark` EVAL throughput on the same Redis, in the same run.
+   and that rate against `redis-benchmark` EVAL throughput on the same Redis, in the same run; with
+   the CPU each process spends per plan, and how busy the whole machine was, to say what limits it.
 
 Benchmarks never fail on a time: the exit status is 1 only when something broke (a wrong count of
 orders or results, a claim after the SET, a process that would not start or stop).
@@ -39,7 +41,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import aiohttp
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
-from plans import grant_permits, plan_fields, wait_for_results
+from plans import grant_permits, plan_fields, results
 from redis.asyncio import Redis
 from redis_server import RedisServer, free_port
 from service_process import ServiceProcess
@@ -59,7 +61,8 @@ EVAL_REQUESTS = 100_000
 EVAL_CLIENTS = 50
 EVAL_SCRIPT = "return redis.call('GET', KEYS[1])"
 POSITION = 100_000.0  # large enough that no plan of the run finds the position closed
-# Production settings (ServiceProcess's test defaults put back), with the in-flight bound the issue names.
+# Production settings (ServiceProcess's test defaults put back), 64 plans in flight instead of 32: plans of
+# one symbol run one at a time, so with 5 symbols either bound leaves the same 5 running.
 SERVICE_ENV = {
     "APPLY_MAX_IN_FLIGHT": "64",
     "APPLY_RECLAIM_IDLE_MS": "30000",
@@ -70,7 +73,8 @@ TARGET_HALT_MS = 5.0
 TARGET_PERMIT_MS = 5.0
 TARGET_PLANS_PER_S = 2000.0
 START_TIMEOUT_S = 15.0
-RUN_TIMEOUT_S = 60.0
+STALL_TIMEOUT_S = 10.0
+POLL_S = 0.01  # often enough to SET the switch near its mark, rare enough to cost the service nothing
 # The number of dedupe marks, read inside the MULTI that sets the switch: the claims before the SET.
 COUNT_DEDUPE_MARKS = "return #redis.call('KEYS', 'quantum:apply:dedupe:*')"
 P = ParamSpec("P")
@@ -186,11 +190,14 @@ def plan_id_of(client_order_id: str) -> str:
 
 
 async def wait_for_result_count(redis: Redis, count: int) -> None:
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while await redis.xlen(keys.RESULT_STREAM) < count:
-        if time.monotonic() > deadline:
-            raise BenchBroken(f"fewer than {count} results after {RUN_TIMEOUT_S}s")
-        await asyncio.sleep(0.002)
+    """Until `count` results are recorded; broken when none is added for STALL_TIMEOUT_S."""
+    seen, progressed_at = -1, time.monotonic()
+    while (now := await redis.xlen(keys.RESULT_STREAM)) < count:
+        if now > seen:
+            seen, progressed_at = now, time.monotonic()
+        elif time.monotonic() - progressed_at > STALL_TIMEOUT_S:
+            raise BenchBroken(f"{now} results, none more for {STALL_TIMEOUT_S:g}s, expected {count}")
+        await asyncio.sleep(POLL_S)
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,8 @@ async def halt_trial(lab: Lab, trial: int) -> HaltTrial:
             # Taken before the MULTI leaves: the SET takes effect after it, so the latency is not flattered.
             set_at = time.monotonic()
             _, marks_at_set = await pipe.execute()
-        found = await wait_for_results(lab.redis, HALT_PLANS, timeout_s=RUN_TIMEOUT_S)
+        await wait_for_result_count(lab.redis, HALT_PLANS)
+        found = await results(lab.redis)
     marks_after = await lab.redis.eval(COUNT_DEDUPE_MARKS, 0)
     arrivals = await lab.emulator.accepted_orders()
     statuses = Counter(found[plan_id]["status"] for plan_id in plan_ids if plan_id in found)
@@ -237,16 +245,16 @@ async def permit_latencies(lab: Lab) -> list[float]:
     async with lab.service():
         # Warm: the service has connected to the exchange and reads the stream before the first trial.
         for n in range(PERMIT_WARMUP_PLANS):
-            await grant_permits(lab.redis, f"warm-{n}", position=POSITION)
+            await grant_permits(lab.redis, f"warm-{n}", safe_close_qty=1.0, position=POSITION)
             await lab.redis.xadd(keys.PLAN_STREAM, plan_fields(f"warm-{n}", symbol=SYMBOLS[n]))
-        await wait_for_results(lab.redis, PERMIT_WARMUP_PLANS, timeout_s=START_TIMEOUT_S + RUN_TIMEOUT_S)
+        await wait_for_result_count(lab.redis, PERMIT_WARMUP_PLANS)
         last_id = str((await lab.redis.xrevrange(keys.RESULT_STREAM, count=1))[0][0])
         for n in range(PERMIT_TRIALS):
             plan_id = f"permit-{n}"
             await lab.redis.xadd(keys.PLAN_STREAM, plan_fields(plan_id, symbol=SYMBOLS[n % len(SYMBOLS)]))
             await asyncio.sleep(PERMIT_SETTLE_S)
             async with lab.redis.pipeline(transaction=True) as pipe:
-                await grant_permits(pipe, plan_id, position=POSITION)  # queued: both SETs in one MULTI
+                await grant_permits(pipe, plan_id, 1.0, POSITION)  # queued: both SETs in one MULTI
                 permits_at[plan_id] = time.monotonic()
                 await pipe.execute()
             reply = await lab.redis.xread({keys.RESULT_STREAM: last_id}, count=1, block=5000)
@@ -263,10 +271,46 @@ async def permit_latencies(lab: Lab) -> list[float]:
     return [(arrivals[f"qh-{plan_id}-0"] - at) * 1000 for plan_id, at in permits_at.items()]
 
 
-async def plans_per_second(lab: Lab, run: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux: /proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs so far, from /proc/stat."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+@dataclass(frozen=True)
+class RateRun:
+    plans_per_s: float
+    cpu_ms_per_plan: dict[str, float]  # process -> CPU ms per plan, in the steady part of the run
+    machine_busy: float  # share of all CPUs busy (with anything) meanwhile
+
+
+async def rate_run(lab: Lab, run: int) -> RateRun:
     await lab.reset()
     await load_plans(lab.redis, RATE_PLANS, f"rate{run}")
-    async with lab.service():
+    async with lab.service() as service:
+        assert service.process is not None
+        assert lab.redis_server.process is not None
+        assert lab.emulator.process is not None
+        pids = {
+            "service": service.process.pid,
+            "emulator": lab.emulator.process.pid,
+            "redis": lab.redis_server.process.pid,
+            "bench (this script)": os.getpid(),
+        }
+        # Where the CPU goes, past the service's start-up and before its last results.
+        await wait_for_result_count(lab.redis, RATE_PLANS // 10)
+        cpu_from, ticks_from = {name: cpu_seconds(pid) for name, pid in pids.items()}, machine_ticks()
+        counted_from = await lab.redis.xlen(keys.RESULT_STREAM)
+        await wait_for_result_count(lab.redis, RATE_PLANS * 9 // 10)
+        cpu_to, ticks_to = {name: cpu_seconds(pid) for name, pid in pids.items()}, machine_ticks()
+        counted = await lab.redis.xlen(keys.RESULT_STREAM) - counted_from
         await wait_for_result_count(lab.redis, RATE_PLANS)
     entries = await lab.redis.xrange(keys.RESULT_STREAM)
     arrivals = await lab.emulator.accepted_orders()
@@ -278,7 +322,11 @@ async def plans_per_second(lab: Lab, run: int) -> float:
     # On Redis's clock: the first plan's start (its result's time less its duration) to the last result.
     started_ms = min(entry_ms(entry_id) - float(fields["duration_ms"]) for entry_id, fields in entries)
     finished_ms = max(entry_ms(entry_id) for entry_id, _ in entries)
-    return RATE_PLANS / ((finished_ms - started_ms) / 1000)
+    return RateRun(
+        RATE_PLANS / ((finished_ms - started_ms) / 1000),
+        {name: (cpu_to[name] - cpu_from[name]) * 1000 / counted for name in pids},
+        (ticks_to[0] - ticks_from[0]) / (ticks_to[1] - ticks_from[1]),
+    )
 
 
 def eval_per_second(port: int) -> float:
@@ -298,8 +346,11 @@ def yes_no(met: bool) -> str:
     return "yes" if met else "no"
 
 
-def print_table(halts: list[HaltTrial], permits: list[float], rates: list[float], evals: list[float]) -> None:
+def print_table(
+    halts: list[HaltTrial], permits: list[float], runs: list[RateRun], evals: list[float]
+) -> None:
     halt_ms = [trial.latency_ms for trial in halts]
+    rates = [run.plans_per_s for run in runs]
     rate, eval_rate = statistics.median(rates), statistics.median(evals)
     rows = [
         ("metric", "median", "p99", "target", "met"),
@@ -332,13 +383,22 @@ def print_table(halts: list[HaltTrial], permits: list[float], rates: list[float]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     print()
-    print(f"halt trials: {len(halts)} x {HALT_PLANS} plans, SET after {HALT_AFTER_RESULTS} results;")
+    print("p99 is the nearest rank: the largest value when there are fewer than 100.")
+    print(
+        f"halt trials: {len(halts)} x {HALT_PLANS} plans, the switch SET after {HALT_AFTER_RESULTS} results"
+    )
     print(f"  orders accepted after the SET per trial: {[trial.orders_after_set for trial in halts]}")
     print(f"  plans claimed after the SET: {sum(trial.claims_after_set for trial in halts)} (must be 0)")
     print(f"permit trials: {len(permits)}, one plan at a time, max {max(permits):.2f} ms")
     print(f"plans/s runs ({RATE_PLANS} plans each): {', '.join(f'{value:.0f}' for value in rates)}")
-    print(f"EVAL runs (redis-benchmark -n {EVAL_REQUESTS} -c {EVAL_CLIENTS} EVAL {EVAL_SCRIPT!r} 1 ")
-    print(f"  {keys.GLOBAL_SWITCH}): {', '.join(f'{value:.0f}' for value in evals)}")
+    for name in runs[0].cpu_ms_per_plan:
+        per_run = ", ".join(f"{run.cpu_ms_per_plan[name]:.2f}" for run in runs)
+        print(f"  CPU ms per plan, {name}: {per_run}")
+    busy = ", ".join(f"{run.machine_busy:.0%}" for run in runs)
+    print(f"  all CPUs busy meanwhile (with anything on the machine): {busy}")
+    print(f"EVAL runs: {', '.join(f'{value:.0f}' for value in evals)} requests/s, each")
+    options = f"-q -n {EVAL_REQUESTS} -c {EVAL_CLIENTS}"
+    print(f"  redis-benchmark {options} EVAL {EVAL_SCRIPT!r} 1 {keys.GLOBAL_SWITCH}")
 
 
 async def measure(directory: Path) -> None:
@@ -356,13 +416,13 @@ async def measure(directory: Path) -> None:
         if any(trial.claims_after_set for trial in halts):
             raise BenchBroken(f"plans claimed after the switch SET: {[t.claims_after_set for t in halts]}")
         permits = await timed(f"{PERMIT_TRIALS} permit trials", permit_latencies, lab)
-        rates: list[float] = []
+        runs: list[RateRun] = []
         evals: list[float] = []
         for run in range(RATE_RUNS):  # interleaved, so both see the same load on the machine
-            rates.append(await timed(f"rate run {run + 1}/{RATE_RUNS}", plans_per_second, lab, run))
+            runs.append(await timed(f"rate run {run + 1}/{RATE_RUNS}", rate_run, lab, run))
             await lab.reset()
             evals.append(eval_per_second(redis_server.port))
-        print_table(halts, permits, rates, evals)
+        print_table(halts, permits, runs, evals)
     finally:
         await redis.aclose()
         await emulator.stop()
@@ -383,12 +443,13 @@ def main() -> int:
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, Python {platform.python_version()}",
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="apply-bench-") as directory:
-        try:
-            asyncio.run(measure(Path(directory)))
-        except (BenchBroken, subprocess.SubprocessError) as error:
-            print(f"benchmark broke: {error}", file=sys.stderr)
-            return 1
+    directory = Path(tempfile.mkdtemp(prefix="apply-bench-"))
+    try:
+        asyncio.run(measure(directory))
+    except (BenchBroken, subprocess.SubprocessError) as error:
+        print(f"benchmark broke: {error}; logs kept in {directory}", file=sys.stderr)
+        return 1
+    shutil.rmtree(directory)
     return 0
 
 
