@@ -37,9 +37,10 @@ def sample(name: str, **labels: str) -> float:
 async def test_ping_and_signed_positions(emulator: ExchangeEmulator, exchange: Exchange) -> None:
     emulator.set_positions({"BTCUSDT": 0.5, "ETHUSDT": -1.2})
     await exchange.ping()
-    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.5)
-    assert await exchange.position_amount("ETHUSDT") == pytest.approx(-1.2)
-    assert await exchange.position_amount("SOLUSDT") == 0.0
+    assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.5)
+    assert (await exchange.position("ETHUSDT")).amount == pytest.approx(-1.2)
+    assert (await exchange.position("SOLUSDT")).amount == 0.0
+    assert (await exchange.position("BTCUSDT")).mark_price == pytest.approx(65000)
     assert sample("apply_exchange_up") == 1
 
 
@@ -54,7 +55,7 @@ async def test_bad_credentials_are_auth_errors(
     try:
         await adapter.open()  # exchangeInfo is public
         with pytest.raises(ExchangeError) as failure:
-            await adapter.position_amount("BTCUSDT")
+            await adapter.position("BTCUSDT")
     finally:
         await adapter.close()
     assert (failure.value.kind, failure.value.code) == ("auth", code)
@@ -67,7 +68,7 @@ async def test_reduce_only_close_changes_the_position(emulator: ExchangeEmulator
     assert (ack.client_order_id, ack.status) == ("qh-plan-a-0", "FILLED")
     assert ack.filled_qty == pytest.approx(0.2)
     assert ack.exchange_order_id
-    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.3)
+    assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.3)
     assert sample("apply_orders_sent_total", type="MARKET") == sent_before + 1
 
 
@@ -108,7 +109,7 @@ async def test_close_that_does_not_reduce_is_rejected(
         await exchange.send_reduce_only_market("BTCUSDT", side, quantity, "qh-d-0")
     assert (failure.value.kind, failure.value.code) == ("rejected", -2022)
     assert not failure.value.outcome_unknown
-    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.5)
+    assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.5)
 
 
 async def test_stop_close_stays_open_and_its_id_cannot_be_reused_while_open(
@@ -126,7 +127,7 @@ async def test_stop_close_stays_open_and_its_id_cannot_be_reused_while_open(
         await exchange.send_stop_market_close("ETHUSDT", "SELL", 2800, "qh-plan-e-1")
     assert (failure.value.kind, failure.value.code) == ("rejected", -4116)
     assert not failure.value.outcome_unknown
-    assert await exchange.position_amount("ETHUSDT") == pytest.approx(1)
+    assert (await exchange.position("ETHUSDT")).amount == pytest.approx(1)
 
 
 async def test_a_filled_orders_id_is_accepted_again_as_on_binance(
@@ -138,7 +139,7 @@ async def test_a_filled_orders_id_is_accepted_again_as_on_binance(
     second = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-plan-f-0")
     assert (first.status, second.status) == ("FILLED", "FILLED")
     assert first.exchange_order_id != second.exchange_order_id
-    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.3)
+    assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.3)
 
 
 async def test_find_order_finds_orders_and_stops_and_answers_none_when_absent(
@@ -184,7 +185,7 @@ async def test_a_server_error_is_never_retried(emulator: ExchangeEmulator, excha
     assert failure.value.outcome_unknown
     # One POST reached the emulator; a retry would have been let through and filled.
     assert [(o.client_order_id, o.status) for o in emulator.orders()] == [("qh-plan-j-0", "REJECTED")]
-    assert await exchange.position_amount("BTCUSDT") == pytest.approx(0.5)
+    assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.5)
 
 
 async def test_a_dropped_connection_is_a_network_error(

@@ -47,17 +47,8 @@ CLAIM_KIND = {
 
 async def claim(redis: Redis, plan_id: str, only_reduces: bool, symbol: str = "BTCUSDT") -> ClaimResult:
     scripts = register_scripts(redis)
-    reply = await scripts.claim(
-        keys=[
-            keys.GLOBAL_SWITCH,
-            keys.symbol_switch(symbol),
-            keys.dedupe_mark(plan_id),
-            keys.governor_permit(plan_id),
-            keys.p33_permit(plan_id),
-        ],
-        args=[f"entry-{plan_id}", "1", "1" if only_reduces else "0", 60, "test"],
-    )
-    return ClaimResult.from_script(reply)
+    args = [f"entry-{plan_id}", "1", "1" if only_reduces else "0", 60, "test", 1, 0, 0, "0"]
+    return ClaimResult.from_script(await scripts.claim(keys=keys.claim_keys(plan_id, symbol), args=args))
 
 
 async def permits(redis: Redis, plan_id: str) -> None:
@@ -109,15 +100,12 @@ async def test_the_stricter_of_global_and_symbol_wins(
 async def test_permits_serve_one_plan_once_under_concurrency(redis: Redis) -> None:
     await permits(redis, "race")
     scripts = register_scripts(redis)
-    plan_keys = [
-        keys.GLOBAL_SWITCH,
-        keys.symbol_switch("BTCUSDT"),
-        keys.dedupe_mark("race"),
-        keys.governor_permit("race"),
-        keys.p33_permit("race"),
-    ]
+    plan_keys = keys.claim_keys("race", "BTCUSDT")
     replies = await asyncio.gather(
-        *(scripts.claim(keys=plan_keys, args=[f"entry-{n}", "1", "1", 60, "test"]) for n in range(50))
+        *(
+            scripts.claim(keys=plan_keys, args=[f"entry-{n}", "1", "1", 60, "test", 1, 0, 0, "0"])
+            for n in range(50)
+        )
     )
     kinds = sorted(ClaimResult.from_script(reply).kind for reply in replies)
     assert kinds.count("claimed") == 1

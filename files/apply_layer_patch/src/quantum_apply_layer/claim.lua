@@ -1,9 +1,50 @@
--- May this plan send its next order now? One atomic step: the switches, the dedupe mark and both
--- permits are read, and the permits consumed, with no other command in between; so no order starts
--- after the SET that halts it, a plan never runs on one permit, and a permit never serves two plans.
--- KEYS: 1 global switch, 2 symbol switch, 3 dedupe mark, 4 governor permit, 5 P3.3 permit
+-- May this plan send its next order now? One atomic step: the switches, the dedupe mark, the order-rate
+-- counters and both permits are read, and the permits consumed, with no other command in between; so
+-- no order starts after the SET that halts it, a plan never runs on one permit, a permit never serves
+-- two plans, and the rate limits hold for every process sharing this Redis.
+-- KEYS: 1 global switch, 2 symbol switch, 3 dedupe mark, 4 governor permit, 5 P3.3 permit,
+--       6 global rate counter, 7 symbol rate counter, 8 emergency token
 -- ARGV: 1 owner (the plan's stream entry id), 2 permits required (1|0), 3 plan only reduces (1|0),
---       4 dedupe mark TTL in seconds, 5 consumer name
+--       4 dedupe mark TTL in seconds, 5 consumer name, 6 orders in the plan,
+--       7 global orders/s limit (0 = none), 8 symbol orders/s limit (0 = none), 9 emergency (1|0)
+
+local function now_text()
+  local now = redis.call('TIME')
+  return now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+end
+
+local function our_claim(existing)
+  local ok, mark = pcall(cjson.decode, existing)
+  return ok and type(mark) == 'table' and mark.state == 'claimed' and mark.owner == ARGV[1]
+end
+
+local existing = redis.call('GET', KEYS[3])
+
+-- An operator's emergency close: allowed whatever the switch says, but only with the one-time token
+-- the CLI wrote, and only for a plan that reduces a position. Permits and rate limits do not apply.
+if ARGV[9] == '1' then
+  if ARGV[3] ~= '1' then
+    return {'denied', 'emergency', 'not_reduce_only'}
+  end
+  if existing then
+    if our_claim(existing) then
+      return {'resume', existing}
+    end
+    return {'duplicate', existing}
+  end
+  local token = redis.call('GET', KEYS[8])
+  if not token then
+    return {'denied', 'emergency', 'no_token'}
+  end
+  redis.call('DEL', KEYS[8])
+  local mark = cjson.encode({
+    state = 'claimed', owner = ARGV[1], consumer = ARGV[5], claimed_at = now_text(),
+    emergency = token, governor = '', p33 = '',
+  })
+  redis.call('SET', KEYS[3], mark, 'EX', ARGV[4])
+  return {'claimed', mark}
+end
+
 local state, scope = effective_switch(redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]))
 if state == 'halted' or state == 'invalid' then
   return {'halted', scope .. ':' .. state}
@@ -12,13 +53,19 @@ if state == 'reduce_only' and ARGV[3] ~= '1' then
   return {'reduce_only', scope .. ':reduce_only'}
 end
 
-local existing = redis.call('GET', KEYS[3])
 if existing then
-  local ok, mark = pcall(cjson.decode, existing)
-  if ok and type(mark) == 'table' and mark.state == 'claimed' and mark.owner == ARGV[1] then
+  if our_claim(existing) then
     return {'resume', existing}
   end
   return {'duplicate', existing}
+end
+
+local orders = tonumber(ARGV[6])
+local limits = {{KEYS[6], tonumber(ARGV[7]), 'global'}, {KEYS[7], tonumber(ARGV[8]), 'symbol'}}
+for _, limit in ipairs(limits) do
+  if limit[2] > 0 and (tonumber(redis.call('GET', limit[1])) or 0) + orders > limit[2] then
+    return {'rate_limited', limit[3] .. ':' .. limit[2] .. '/s'}
+  end
 end
 
 local governor, p33 = '', ''
@@ -47,11 +94,19 @@ if ARGV[2] == '1' then
   redis.call('DEL', KEYS[4], KEYS[5])
 end
 
-local now = redis.call('TIME')
+-- One-second windows: the first order of a window starts its clock.
+for _, limit in ipairs(limits) do
+  if limit[2] > 0 then
+    redis.call('INCRBY', limit[1], orders)
+    if redis.call('PTTL', limit[1]) < 0 then
+      redis.call('PEXPIRE', limit[1], 1000)
+    end
+  end
+end
+
 -- The permits travel in the mark: a plan resumed after a crash is sized by the permit it consumed.
 local mark = cjson.encode({
-  state = 'claimed', owner = ARGV[1], consumer = ARGV[5],
-  claimed_at = now[1] .. '.' .. string.format('%06d', tonumber(now[2])),
+  state = 'claimed', owner = ARGV[1], consumer = ARGV[5], claimed_at = now_text(),
   governor = governor, p33 = p33,
 })
 redis.call('SET', KEYS[3], mark, 'EX', ARGV[4])

@@ -1,4 +1,4 @@
-"""The operator interface: `quantum-apply-layer run | check-config | status | kill`.
+"""The operator interface: `quantum-apply-layer run | check-config | status | kill | emergency-close`.
 
 Every command reads the service's env file (/etc/quantum/apply-layer.env) when it is there, under the
 process environment, so an operator's shell reaches the same Redis as the service.
@@ -24,6 +24,8 @@ from .switch import COMMAND_VALUES, parse_switch, set_switch
 
 EXIT_CONFIG = 2
 EXIT_REDIS = 3
+EXIT_REFUSED = 4  # an emergency close the service refused (no position, wrong side, ...)
+EXIT_PENDING = 5  # an emergency close with no result within --wait
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(settings, env)
         if args.command == "status":
             return asyncio.run(_status(settings, args.json, args.audit))
+        if args.command == "emergency-close":
+            return asyncio.run(
+                _emergency_close(settings, args.symbol, args.side, args.reason, args.who, args.wait)
+            )
         return asyncio.run(_kill(settings, args.state, args.reason, args.symbol, args.who))
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
@@ -65,6 +71,22 @@ def _parser() -> argparse.ArgumentParser:
     kill.add_argument("--reason", required=True, help="who asks and why (kept with the audit entry)")
     kill.add_argument("--symbol", help="one symbol's switch, e.g. ETHUSDT; the stricter of the two wins")
     kill.add_argument("--who", default=_default_who(), help="recorded in the audit (default: %(default)s)")
+    emergency = commands.add_parser(
+        "emergency-close", help="close one open position while halted (reduce-only, audited, once)"
+    )
+    emergency.add_argument("symbol", help="e.g. BTCUSDT")
+    emergency.add_argument("--reason", required=True, help="who asks and why (kept with the audit entry)")
+    emergency.add_argument(
+        "--side",
+        type=str.upper,
+        choices=["SELL", "BUY", "ANY"],
+        default="ANY",
+        help="the closing side you expect: SELL closes a long, BUY a short; refused if the exchange differs",
+    )
+    emergency.add_argument(
+        "--who", default=_default_who(), help="recorded in the audit (default: %(default)s)"
+    )
+    emergency.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the result")
     return parser
 
 
@@ -121,6 +143,30 @@ async def _kill(settings: Settings, state: str, reason: str, symbol: str | None,
         f"reason: {reason.strip()}; audit {change.audit_id}"
     )
     return 0
+
+
+async def _emergency_close(
+    settings: Settings, symbol: str, side: str, reason: str, who: str, wait_s: float
+) -> int:
+    from .emergency import request_emergency_close, wait_for_result
+    from .runtime import connect_redis
+
+    if not SYMBOL_PATTERN.match(symbol):
+        raise ConfigError(f"symbol {symbol!r}: accepted: an exchange symbol such as BTCUSDT")
+    if not reason.strip():
+        raise ConfigError("--reason is empty: say who asks and why")
+    redis = connect_redis(settings)
+    try:
+        plan_id, after = await request_emergency_close(redis, symbol, side, reason.strip(), who)
+        print(f"emergency close {plan_id} queued for {symbol} (side {side}); waiting up to {wait_s:g}s")
+        result = await wait_for_result(redis, plan_id, after, wait_s)
+    finally:
+        await redis.aclose()
+    if result is None:
+        print("no result yet: is the service running? check `quantum-apply-layer status`", file=sys.stderr)
+        return EXIT_PENDING
+    print(f"{result['status']}: {result.get('reason') or 'closed'}; orders={result.get('order_ids') or '-'}")
+    return 0 if result["status"] == "executed" else EXIT_REFUSED
 
 
 def _default_who() -> str:

@@ -48,6 +48,20 @@ class Settings:
     max_in_flight: int
     result_maxlen: int
     log_format: str
+    # Risk gates of the apply layer itself (0 or empty: off).
+    max_orders_per_s: int = 0
+    max_orders_per_s_per_symbol: int = 0
+    max_notional_usdt: tuple[tuple[str, float], ...] = ()
+    # Auto-trip: a condition must hold for auto_trip_checks checks in a row (one check a second).
+    auto_trip_checks: int = 3
+    auto_trip_exchange_errors: int = 5
+    auto_trip_mismatch_s: int = 0
+    auto_trip_dead_letters_per_min: int = 0
+
+    def notional_limit(self, symbol: str) -> float | None:
+        """The symbol's own limit, else the `*` limit, else none."""
+        limits = dict(self.max_notional_usdt)
+        return limits.get(symbol, limits.get("*"))
 
     @property
     def mode(self) -> str:
@@ -72,6 +86,15 @@ class Settings:
             "APPLY_MAX_IN_FLIGHT": str(self.max_in_flight),
             "APPLY_RESULT_MAXLEN": str(self.result_maxlen),
             "APPLY_LOG_FORMAT": self.log_format,
+            "APPLY_MAX_ORDERS_PER_SECOND": str(self.max_orders_per_s),
+            "APPLY_MAX_ORDERS_PER_SECOND_PER_SYMBOL": str(self.max_orders_per_s_per_symbol),
+            "APPLY_MAX_NOTIONAL_USDT": ",".join(
+                f"{symbol}={limit:g}" for symbol, limit in self.max_notional_usdt
+            ),
+            "APPLY_AUTO_TRIP_CHECKS": str(self.auto_trip_checks),
+            "APPLY_AUTO_TRIP_EXCHANGE_ERRORS": str(self.auto_trip_exchange_errors),
+            "APPLY_AUTO_TRIP_MISMATCH_S": str(self.auto_trip_mismatch_s),
+            "APPLY_AUTO_TRIP_DEAD_LETTERS_PER_MIN": str(self.auto_trip_dead_letters_per_min),
         }
 
 
@@ -103,6 +126,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_in_flight=_int(env, "APPLY_MAX_IN_FLIGHT", 32, 1, 1024),
         result_maxlen=_int(env, "APPLY_RESULT_MAXLEN", 1_000_000, 1_000, 100_000_000),
         log_format=log_format,
+        max_orders_per_s=_int(env, "APPLY_MAX_ORDERS_PER_SECOND", 0, 0, 100_000),
+        max_orders_per_s_per_symbol=_int(env, "APPLY_MAX_ORDERS_PER_SECOND_PER_SYMBOL", 0, 0, 100_000),
+        max_notional_usdt=_notional_limits(env.get("APPLY_MAX_NOTIONAL_USDT", "")),
+        auto_trip_checks=_int(env, "APPLY_AUTO_TRIP_CHECKS", 3, 1, 600),
+        auto_trip_exchange_errors=_int(env, "APPLY_AUTO_TRIP_EXCHANGE_ERRORS", 5, 0, 10_000),
+        auto_trip_mismatch_s=_int(env, "APPLY_AUTO_TRIP_MISMATCH_S", 0, 0, 86_400),
+        auto_trip_dead_letters_per_min=_int(env, "APPLY_AUTO_TRIP_DEAD_LETTERS_PER_MIN", 0, 0, 1_000_000),
     )
 
 
@@ -204,6 +234,23 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name}={raw!r}: accepted values: a whole number from {low} to {high}")
     return value
+
+
+def _notional_limits(raw: str) -> tuple[tuple[str, float], ...]:
+    """`BTCUSDT=50000,ETHUSDT=20000,*=10000`: USDT per order, per symbol, `*` for the others."""
+    accepted = "accepted: SYMBOL=USDT pairs separated by commas, e.g. BTCUSDT=50000,*=10000"
+    limits = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        symbol, sep, amount = item.partition("=")
+        symbol = symbol.strip()
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not (symbol == "*" or symbol.isalnum()) or not 0 < value < 1e12:
+            raise ConfigError(f"APPLY_MAX_NOTIONAL_USDT: {item!r}: {accepted}")
+        limits.append((symbol.upper(), value))
+    return tuple(limits)
 
 
 def _name(env: Mapping[str, str], name: str, default: str) -> str:

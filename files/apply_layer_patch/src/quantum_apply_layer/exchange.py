@@ -53,6 +53,12 @@ class OrderAck:
     filled_qty: float
 
 
+@dataclass(frozen=True)
+class Position:
+    amount: float  # signed: long > 0, short < 0, flat 0
+    mark_price: float  # 0.0 when the exchange gave none
+
+
 class ExchangeError(Exception):
     """A failed exchange request. `kind` is one of network, timeout, rejected, auth, rate_limit, other;
     `code` is Binance's error code when the exchange answered with one."""
@@ -153,13 +159,16 @@ class Exchange:
     async def ping(self) -> None:
         await self._lookup("ping", self._client.fapiPublicGetPing)
 
-    async def position_amount(self, symbol: str) -> float:
-        """The signed position (long > 0) of a Binance symbol id like BTCUSDT; 0.0 when flat."""
+    async def position(self, symbol: str) -> Position:
+        """The signed position (long > 0) of a Binance symbol id like BTCUSDT, and its mark price."""
         self._unified(symbol)  # refuses an unknown symbol before any request
         rows: list[dict[str, Any]] = await self._lookup(
             "position_risk", lambda: self._client.fapiPrivateV3GetPositionRisk({"symbol": symbol})
         )
-        return math.fsum(float(row["positionAmt"]) for row in rows if row.get("symbol") == symbol)
+        mine = [row for row in rows if row.get("symbol") == symbol]
+        amount = math.fsum(float(row["positionAmt"]) for row in mine)
+        mark = max((float(row.get("markPrice") or 0) for row in mine), default=0.0)
+        return Position(amount, mark)
 
     async def find_order(self, symbol: str, client_order_id: str) -> OrderAck | None:
         """The order with that client id (GET /fapi/v1/order); None when the exchange has none (-2013)."""

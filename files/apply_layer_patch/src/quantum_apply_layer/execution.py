@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from . import metrics
-from .exchange import Exchange, ExchangeError, OrderAck, client_order_id
+from .exchange import Exchange, ExchangeError, OrderAck, Position, client_order_id
 from .plan import OrderType, Plan, Step
 
 log = logging.getLogger(__name__)
@@ -78,16 +79,40 @@ class MismatchClock:
             self._since.pop(symbol, None)
             metrics.position_mismatch_seconds.labels(symbol).set(0)
 
+    def oldest_seconds(self) -> float:
+        return time.time() - min(self._since.values()) if self._since else 0.0
+
+    def restart(self) -> None:
+        """Count again from now: after an auto-trip, the same old mismatch must not trip it at once."""
+        now = time.time()
+        self._since = dict.fromkeys(self._since, now)
+
     def refresh(self) -> None:
         now = time.time()
         for symbol, first in self._since.items():
             metrics.position_mismatch_seconds.labels(symbol).set(now - first)
 
 
+def notional_verdict(quantity: float, price: float, limit: float | None) -> str | None:
+    """Why an order is too large, or None. Over the limit is blocked, never trimmed to fit."""
+    if limit is None:
+        return None
+    if price <= 0:
+        return f"notional: no price to check the {limit:g} USDT limit against"
+    notional = quantity * price
+    if notional > limit:
+        return f"notional: {notional:.2f} USDT over the {limit:g} USDT limit per order"
+    return None
+
+
 class StepExecutor:
-    def __init__(self, exchange: Exchange, mismatch: MismatchClock) -> None:
+    def __init__(
+        self, exchange: Exchange, mismatch: MismatchClock, notional_limit: Callable[[str], float | None]
+    ) -> None:
         self._exchange = exchange
         self._mismatch = mismatch
+        self._notional_limit = notional_limit
+        self.error_streak = 0  # exchange failures in a row, for the auto-trip
 
     async def run(self, plan: Plan, index: int, p33: dict[str, object], resumed: bool) -> StepOutcome:
         step = plan.steps[index]
@@ -97,14 +122,22 @@ class StepExecutor:
                 found = await self._exchange.find_order(plan.symbol, coid)
                 if found is not None:
                     return self._outcome(index, step, "found", coid, found, "sent before a restart")
-            return await self._send(plan, index, step, coid, p33)
+            outcome = await self._send(plan, index, step, coid, p33)
         except ExchangeError as error:
-            return await self._after_error(plan, index, step, coid, error)
+            outcome = await self._after_error(plan, index, step, coid, error)
+        if outcome.status == "error":
+            self.error_streak += 1
+        elif outcome.placed:
+            self.error_streak = 0
+        return outcome
 
     async def _send(
         self, plan: Plan, index: int, step: Step, coid: str, p33: dict[str, object]
     ) -> StepOutcome:
-        position = await self._exchange.position_amount(plan.symbol)
+        held = await self._exchange.position(plan.symbol)
+        position = held.amount
+        if plan.emergency:
+            return await self._emergency_close(plan, index, step, coid, held)
         p33_amt = _float(p33.get("exchange_position_amt"))
         self._mismatch.observe(plan.symbol, positions_disagree(p33_amt, position))
         if opposite_sides(p33_amt, position):
@@ -115,13 +148,39 @@ class StepExecutor:
         side = close_side(position)
         if step.order_type is OrderType.STOP_LOSS_ORDER:
             assert step.price is not None  # validated in plan.py
+            too_large = notional_verdict(abs(position), step.price, self._notional_limit(plan.symbol))
+            if too_large:
+                return self._blocked_by_notional(index, step, coid, too_large)
             ack = await self._exchange.send_stop_market_close(plan.symbol, side, step.price, coid)
             return self._sent(index, step, coid, ack, 0.0)
         quantity = close_quantity(step, position, _float(p33.get("safe_close_qty")))
         if quantity <= 0:
             return StepOutcome(index, step.kind, "nothing_to_do", coid, detail="safe_close_qty is 0")
+        too_large = notional_verdict(quantity, held.mark_price, self._notional_limit(plan.symbol))
+        if too_large:
+            return self._blocked_by_notional(index, step, coid, too_large)
         ack = await self._exchange.send_reduce_only_market(plan.symbol, side, quantity, coid)
         return self._sent(index, step, coid, ack, quantity)
+
+    async def _emergency_close(
+        self, plan: Plan, index: int, step: Step, coid: str, held: Position
+    ) -> StepOutcome:
+        """Only a reduce-only close of an open position on the side the operator named."""
+        if held.amount == 0:
+            return StepOutcome(index, step.kind, "blocked", coid, detail="emergency: no open position")
+        if plan.emergency_side != "ANY" and close_side(held.amount) != plan.emergency_side:
+            detail = f"emergency: {plan.emergency_side} does not close the position of {held.amount}"
+            return StepOutcome(index, step.kind, "blocked", coid, detail=detail)
+        quantity = close_quantity(step, held.amount, None)
+        ack = await self._exchange.send_reduce_only_market(
+            plan.symbol, close_side(held.amount), quantity, coid
+        )
+        return self._sent(index, step, coid, ack, quantity)
+
+    @staticmethod
+    def _blocked_by_notional(index: int, step: Step, coid: str, detail: str) -> StepOutcome:
+        metrics.apply_risk_block_total.labels("notional").inc()
+        return StepOutcome(index, step.kind, "blocked", coid, detail=detail)
 
     async def _after_error(
         self, plan: Plan, index: int, step: Step, coid: str, error: ExchangeError

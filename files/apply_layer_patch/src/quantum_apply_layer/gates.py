@@ -51,7 +51,7 @@ def decision_gate(plan: Plan) -> Verdict | None:
 
 def freshness_gate(plan: Plan, now: float, max_age_s: float) -> Verdict | None:
     """A plan older than max_age_s describes a market that is gone (e.g. after an outage): block it."""
-    if plan.timestamp is None or now - plan.timestamp <= max_age_s:
+    if plan.emergency or plan.timestamp is None or now - plan.timestamp <= max_age_s:
         return None
     return Verdict("blocked", f"stale: {now - plan.timestamp:.0f}s old, limit {max_age_s:.0f}s", "stale")
 
@@ -68,6 +68,9 @@ def claim_verdict(claim: ClaimResult) -> Verdict | None:
         )
     if claim.kind == "duplicate":
         return Verdict("duplicate", "plan_id already claimed by another entry", "dedupe")
+    if claim.kind == "rate_limited":
+        scope = claim.detail.partition(":")[0]
+        return Verdict("blocked", f"rate_limited: {claim.detail} orders", f"rate_{scope}")
     if claim.kind == "permit_missing":
         return Verdict("blocked", f"permit_timeout: no {claim.detail} permit before the deadline", "permit")
     if claim.kind == "denied":

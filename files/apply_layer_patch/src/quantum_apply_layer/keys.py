@@ -25,9 +25,33 @@ def dedupe_mark(plan_id: str) -> str:
     return f"quantum:apply:dedupe:{plan_id}"
 
 
+def rate_counter(scope: str) -> str:
+    """Orders in the current one-second window: `global`, or a symbol."""
+    return f"quantum:apply:rate:{scope}"
+
+
+def emergency_token(plan_id: str) -> str:
+    """Written by `quantum-apply-layer emergency-close`, consumed by the claim: one close, once."""
+    return f"quantum:apply:emergency:{plan_id}"
+
+
 def symbol_switch(symbol: str) -> str:
     return f"{SYMBOL_SWITCH_PREFIX}{symbol}"
 
 
 def symbol_switch_reason(symbol: str) -> str:
     return f"{SYMBOL_SWITCH_REASON_PREFIX}{symbol}"
+
+
+def claim_keys(plan_id: str, symbol: str) -> list[str]:
+    """The KEYS of claim.lua, in its order."""
+    return [
+        GLOBAL_SWITCH,
+        symbol_switch(symbol),
+        dedupe_mark(plan_id),
+        governor_permit(plan_id),
+        p33_permit(plan_id),
+        rate_counter("global"),
+        rate_counter(symbol),
+        emergency_token(plan_id),
+    ]

@@ -141,3 +141,22 @@ apply_plan_stream_pending = Gauge(
     "Plans delivered to the consumer group but not yet acknowledged.",
     registry=REGISTRY,
 )
+apply_risk_block_total = Counter(
+    "apply_risk_block",
+    "Plans blocked by the apply layer's own risk gates: rate_global, rate_symbol, notional, stale.",
+    ["gate"],
+    registry=REGISTRY,
+)
+apply_auto_trip_total = Counter(
+    "apply_auto_trip",
+    "Times this process set the global switch itself, by condition: exchange_errors, position_mismatch, "
+    "dead_letters.",
+    ["condition"],
+    registry=REGISTRY,
+)
+apply_emergency_close_total = Counter(
+    "apply_emergency_close",
+    "Emergency closes handled, by result status (executed, blocked, ...).",
+    ["status"],
+    registry=REGISTRY,
+)

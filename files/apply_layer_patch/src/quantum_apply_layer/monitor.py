@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import keys, metrics
+from .autotrip import AutoTrip
 from .execution import MismatchClock
 from .switch import SwitchState, read_global_switch, read_symbol_switches
 
@@ -22,8 +23,11 @@ SLOW_EVERY = 5  # lag and per-symbol switches: every 5th tick is enough
 
 
 class Monitor:
-    def __init__(self, redis: Redis, group: str, mismatch: MismatchClock, notify: Notifier) -> None:
+    def __init__(
+        self, redis: Redis, group: str, mismatch: MismatchClock, notify: Notifier, autotrip: AutoTrip
+    ) -> None:
         self._redis = redis
+        self._autotrip = autotrip
         self._group = group
         self._mismatch = mismatch
         self._notify = notify
@@ -44,20 +48,20 @@ class Monitor:
     async def sample(self, slow: bool) -> None:
         try:
             reading = await read_global_switch(self._redis)
-            state = reading.state.value
+            self._set_state(reading.state.value)
+            metrics.apply_redis_up.set(1)
             if slow:
                 await self._sample_streams()
                 engaged = [
                     r for r in await read_symbol_switches(self._redis) if r.state is not SwitchState.RUNNING
                 ]
                 metrics.apply_symbol_switches_engaged.set(len(engaged))
-            metrics.apply_redis_up.set(1)
+            await self._autotrip.check()
         except (RedisError, OSError) as error:
             metrics.apply_redis_up.set(0)
             metrics.apply_redis_errors_total.inc()
             log.warning("Redis unreadable: execution is halted until it answers (%s)", error)
-            state = "unknown"
-        self._set_state(state)
+            self._set_state("unknown")
 
     def _set_state(self, state: str) -> None:
         for name in STATES:
@@ -70,6 +74,8 @@ class Monitor:
             self._notify(f"STATUS=kill switch {state}")
 
     async def _sample_streams(self) -> None:
+        if not await self._redis.exists(keys.PLAN_STREAM):
+            return  # nothing was ever written: no group yet, nothing waiting
         for group in await self._redis.xinfo_groups(keys.PLAN_STREAM):
             name = group.get("name")
             if isinstance(name, bytes):

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeVar
 
@@ -87,6 +87,13 @@ class Plan:
     close_qty: float | None
     price: float | None
     timestamp: float | None
+    # An operator's close while halted (`quantum-apply-layer emergency-close`): the side that closes
+    # the position the operator saw. It runs only with the CLI's one-time token (claim.lua).
+    emergency_side: str | None = None
+
+    @property
+    def emergency(self) -> bool:
+        return self.emergency_side is not None
 
     @property
     def wants_execution(self) -> bool:
@@ -126,6 +133,16 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
     )
     if plan.wants_execution and not plan.steps:
         raise PlanError("no_steps", f"decision EXECUTE with action {action} but no steps")
+    emergency = fields.get("emergency", "").strip().lower()
+    if emergency not in {"", "false", "true"}:
+        raise PlanError("bad_emergency", f"emergency={emergency!r}: accepted: true, false")
+    if emergency == "true":
+        side = fields.get("emergency_side", "").strip().upper()
+        if side not in {"BUY", "SELL", "ANY"}:
+            raise PlanError("bad_emergency", "an emergency close needs emergency_side BUY, SELL or ANY")
+        if not plan.only_reduces:
+            raise PlanError("bad_emergency", "an emergency close may only have reduce-only close steps")
+        plan = replace(plan, emergency_side=side)
     return plan
 
 

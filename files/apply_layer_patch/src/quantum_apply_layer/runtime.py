@@ -46,7 +46,7 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
     )
     service = ApplyLayer(settings, redis, exchange)
     notify = Notifier()
-    monitor = Monitor(redis, settings.consumer_group, service.mismatch, notify)
+    monitor = Monitor(redis, settings.consumer_group, service.mismatch, notify, service.autotrip())
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

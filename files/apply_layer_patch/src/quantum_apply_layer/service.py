@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from . import gates, keys, metrics
+from .autotrip import AutoTrip
 from .config import Settings
 from .exchange import Exchange, ExchangeError, client_order_id
 from .execution import MismatchClock, StepExecutor, StepOutcome
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 READ_BATCH = 64
 READ_BLOCK_MS = 1000
 MAX_BACKOFF_S = 1.0
+RISK_GATES = frozenset({"stale", "rate_global", "rate_symbol"})  # counted in apply_risk_block_total
 
 
 class RedisUnavailable(Exception):
@@ -45,7 +47,7 @@ class ApplyLayer:
         self.scripts: Scripts = register_scripts(redis)
         self.permits = PermitWatcher(redis)
         self.mismatch = MismatchClock()
-        self.executor = StepExecutor(exchange, self.mismatch)
+        self.executor = StepExecutor(exchange, self.mismatch, settings.notional_limit)
         self.recorder = Recorder(
             redis,
             settings.consumer_group,
@@ -60,6 +62,20 @@ class ApplyLayer:
         self._symbol_locks: dict[str, asyncio.Lock] = {}
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def autotrip(self) -> AutoTrip:
+        def reset() -> None:
+            self.executor.error_streak = 0
+            self.mismatch.restart()
+
+        return AutoTrip(
+            self.redis,
+            self.scripts,
+            self.settings,
+            lambda: self.executor.error_streak,
+            self.mismatch.oldest_seconds,
+            reset,
+        )
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -213,9 +229,7 @@ class ApplyLayer:
             plan, time.time(), self.settings.max_plan_age_s
         )
         if verdict is not None:
-            await self._record(
-                entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
-            )
+            await self._record_verdict(entry_id, plan, verdict, started)
             return
         if self.stopping.is_set():
             raise RedisUnavailable("stopping before the claim")  # left pending for the next start
@@ -224,15 +238,27 @@ class ApplyLayer:
         verdict = gates.claim_verdict(claim)
         if verdict is not None:
             _count_denial(claim)
-            await self._record(
-                entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
-            )
+            await self._record_verdict(entry_id, plan, verdict, started)
             return
-        if not self.settings.testnet and claim.kind == "claimed":
+        if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
             metrics.p33_permit_allow_total.inc()
 
         outcomes = await self._execute(plan, entry_id, claim, resumed=recovered or claim.kind == "resume")
-        await self._record(entry_id, _result_of(plan, outcomes), started, claim_mark=claim.mark)
+        result = _result_of(plan, outcomes)
+        await self._record(entry_id, result, started, claim_mark=claim.mark)
+        if plan.emergency:
+            metrics.apply_emergency_close_total.labels(result.status).inc()
+
+    async def _record_verdict(
+        self, entry_id: str, plan: Plan, verdict: gates.Verdict, started: float
+    ) -> None:
+        if verdict.gate in RISK_GATES:
+            metrics.apply_risk_block_total.labels(verdict.gate).inc()
+        if plan.emergency:
+            metrics.apply_emergency_close_total.labels(verdict.status).inc()
+        await self._record(
+            entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
+        )
 
     async def _claim_waiting_for_permits(self, plan: Plan, entry_id: str) -> gates.ClaimResult:
         waited_from = time.perf_counter()
@@ -258,19 +284,17 @@ class ApplyLayer:
     async def _claim(self, plan: Plan, entry_id: str) -> gates.ClaimResult:
         try:
             reply = await self.scripts.claim(
-                keys=[
-                    keys.GLOBAL_SWITCH,
-                    keys.symbol_switch(plan.symbol),
-                    keys.dedupe_mark(plan.plan_id),
-                    keys.governor_permit(plan.plan_id),
-                    keys.p33_permit(plan.plan_id),
-                ],
+                keys=keys.claim_keys(plan.plan_id, plan.symbol),
                 args=[
                     entry_id,
                     "0" if self.settings.testnet else "1",
                     "1" if plan.only_reduces else "0",
                     self.settings.dedupe_ttl_s,
                     self.settings.consumer_name,
+                    len(plan.steps),
+                    self.settings.max_orders_per_s,
+                    self.settings.max_orders_per_s_per_symbol,
+                    "1" if plan.emergency else "0",
                 ],
             )
         except (RedisError, OSError) as error:

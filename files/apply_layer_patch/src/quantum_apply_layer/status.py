@@ -76,9 +76,9 @@ def render_status(status: dict[str, object]) -> str:
     assert isinstance(audit, list)
     lines.append("recent switch changes:" if audit else "recent switch changes: none")
     for entry in audit:
+        change = entry.get("action") or f"{entry.get('old_state')} -> {entry.get('new_state')}"
         lines.append(
-            f"  {entry['time']} {entry.get('scope')}: {entry.get('old_state')} -> {entry.get('new_state')} "
-            f"by {entry.get('who')}: {entry.get('reason')}"
+            f"  {entry['time']} {entry.get('scope')}: {change} by {entry.get('who')}: {entry.get('reason')}"
         )
     return "\n".join(lines)
 
