@@ -1,7 +1,8 @@
 """A real redis-server for the tests, on a free loopback port, that a test can stop and start again.
 
 Started with the settings the apply layer needs in production: keyspace notifications for string
-commands (permit waiting) and append-only persistence (the switch survives a restart).
+commands (permit waiting) and append-only persistence (the switch survives a restart). A Sentinel
+is the same binary in sentinel mode.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *extra_args: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
         self.binary = binary
         self.directory = directory
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -36,27 +38,15 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--notify-keyspace-events",
-                "K$",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "no",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(self.directory / "redis.log"),
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--notify-keyspace-events", "K$", "--appendonly", "yes", "--appendfsync", "no",
+                "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+                *self.extra_args,
             ],
-        )
+        )  # fmt: skip
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -68,8 +58,38 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
+    def kill(self) -> None:
+        """As a crashed host: no shutdown, no last write to disk."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class SentinelServer(RedisServer):
+    """A Sentinel watching the primary under the service name `quantum`, with short timeouts."""
+
+    def __init__(self, directory: Path, primary_port: int, quorum: int) -> None:
+        super().__init__(directory)
+        self.primary_port = primary_port
+        self.quorum = quorum
+
+    def start(self) -> None:
+        config = self.directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"sentinel monitor quantum 127.0.0.1 {self.primary_port} {self.quorum}\n"
+            "sentinel down-after-milliseconds quantum 1000\n"
+            "sentinel failover-timeout quantum 5000\n"
+            "sentinel parallel-syncs quantum 1\n"
+        )
+        self.process = subprocess.Popen(
+            [self.binary, str(config), "--sentinel", "--logfile", str(self.directory / "sentinel.log")]
+        )
+        self.wait_ready()

@@ -57,6 +57,13 @@ class Settings:
     auto_trip_exchange_errors: int = 5
     auto_trip_mismatch_s: int = 0
     auto_trip_dead_letters_per_min: int = 0
+    # Redis behind Sentinel: REDIS_URL then gives only the user, password and db.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_service: str = "quantum"
+    # A claim must reach this many replicas (WAIT) before its order is sent, so a failover never
+    # forgets a claim whose order went out. 1 with Sentinel, 0 (no wait) otherwise.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 200
 
     def notional_limit(self, symbol: str) -> float | None:
         """The symbol's own limit, else the `*` limit, else none."""
@@ -95,6 +102,10 @@ class Settings:
             "APPLY_AUTO_TRIP_EXCHANGE_ERRORS": str(self.auto_trip_exchange_errors),
             "APPLY_AUTO_TRIP_MISMATCH_S": str(self.auto_trip_mismatch_s),
             "APPLY_AUTO_TRIP_DEAD_LETTERS_PER_MIN": str(self.auto_trip_dead_letters_per_min),
+            "REDIS_SENTINELS": ",".join(f"{host}:{port}" for host, port in self.redis_sentinels),
+            "REDIS_SENTINEL_SERVICE": self.redis_sentinel_service,
+            "APPLY_REDIS_WAIT_REPLICAS": str(self.redis_wait_replicas),
+            "APPLY_REDIS_WAIT_TIMEOUT_MS": str(self.redis_wait_timeout_ms),
         }
 
 
@@ -107,6 +118,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0").strip()
     if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(f"REDIS_URL={redis_url!r}: accepted: redis://, rediss:// or unix:// URLs")
+    sentinels = _sentinels(env.get("REDIS_SENTINELS", ""))
     log_format = env.get("APPLY_LOG_FORMAT", "json").strip().lower()
     if log_format not in {"json", "kv"}:
         raise ConfigError(f"APPLY_LOG_FORMAT={log_format!r}: accepted values: json, kv")
@@ -133,6 +145,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         auto_trip_exchange_errors=_int(env, "APPLY_AUTO_TRIP_EXCHANGE_ERRORS", 5, 0, 10_000),
         auto_trip_mismatch_s=_int(env, "APPLY_AUTO_TRIP_MISMATCH_S", 0, 0, 86_400),
         auto_trip_dead_letters_per_min=_int(env, "APPLY_AUTO_TRIP_DEAD_LETTERS_PER_MIN", 0, 0, 1_000_000),
+        redis_sentinels=sentinels,
+        redis_sentinel_service=_name(env, "REDIS_SENTINEL_SERVICE", "quantum"),
+        redis_wait_replicas=_int(env, "APPLY_REDIS_WAIT_REPLICAS", 1 if sentinels else 0, 0, 10),
+        redis_wait_timeout_ms=_int(env, "APPLY_REDIS_WAIT_TIMEOUT_MS", 200, 1, 10_000),
     )
 
 
@@ -234,6 +250,17 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name}={raw!r}: accepted values: a whole number from {low} to {high}")
     return value
+
+
+def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """`10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379`: where to ask who the primary is."""
+    sentinels = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"REDIS_SENTINELS: {item!r}: accepted: host:port pairs separated by commas")
+        sentinels.append((host.strip("[]"), int(port)))
+    return tuple(sentinels)
 
 
 def _notional_limits(raw: str) -> tuple[tuple[str, float], ...]:

@@ -6,9 +6,12 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import cast
+from urllib.parse import urlsplit
 
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 
 from . import __version__, metrics
 from .config import Credentials, Settings
@@ -20,6 +23,29 @@ log = logging.getLogger(__name__)
 
 
 def connect_redis(settings: Settings) -> Redis:
+    """The primary: from REDIS_URL, or, with REDIS_SENTINELS, whichever one the Sentinels name now
+    (redis-py asks them again after a connection error, so a failover needs no restart)."""
+    if settings.redis_sentinels:
+        url = urlsplit(settings.redis_url)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(settings.redis_sentinels),
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+        )
+        return cast(
+            Redis,
+            sentinel.master_for(
+                settings.redis_sentinel_service,
+                redis_class=Redis,
+                socket_connect_timeout=1.0,
+                socket_timeout=5.0,
+                health_check_interval=10,
+                username=url.username,
+                password=url.password,
+                db=int(url.path.lstrip("/") or 0),
+                client_name=f"apply-layer:{settings.consumer_name}",
+            ),
+        )
     # Short timeouts: a Redis that does not answer must halt execution quickly, not hang it.
     return Redis.from_url(
         settings.redis_url,

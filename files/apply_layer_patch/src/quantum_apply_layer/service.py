@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 READ_BATCH = 64
 READ_BLOCK_MS = 1000
 MAX_BACKOFF_S = 1.0
+RESCAN_DELAY_S = 0.2  # before taking up plans left pending, so a failing Redis is not hammered
 RISK_GATES = frozenset({"stale", "rate_global", "rate_symbol"})  # counted in apply_risk_block_total
 
 
@@ -62,6 +63,7 @@ class ApplyLayer:
         self._symbol_locks: dict[str, asyncio.Lock] = {}
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rescan_pending = False  # a plan was left pending: take our own pending plans up again
 
     def autotrip(self) -> AutoTrip:
         def reset() -> None:
@@ -129,6 +131,10 @@ class ApplyLayer:
         next_reclaim = 0.0
         delay = 0.05
         while not self.stopping.is_set():
+            if self._rescan_pending and pending_cursor is None:
+                self._rescan_pending = False
+                pending_cursor = "0"
+                await self._sleep(RESCAN_DELAY_S)
             try:
                 if pending_cursor is not None:
                     entries = await self._read(pending_cursor, block=None)
@@ -206,6 +212,7 @@ class ApplyLayer:
                     await self.handle(entry_id, fields, recovered)
         except RedisUnavailable as error:
             log.warning("plan %s left pending: %s", entry_id, error)
+            self._rescan_pending = True
         except Exception:
             # A bug must not kill the loop, and must not ack: the plan stays pending for a look.
             log.exception("plan %s failed unexpectedly and stays pending", entry_id)
@@ -242,12 +249,29 @@ class ApplyLayer:
             return
         if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
             metrics.p33_permit_allow_total.inc()
+        await self._confirm_replicated(plan)
 
         outcomes = await self._execute(plan, entry_id, claim, resumed=recovered or claim.kind == "resume")
         result = _result_of(plan, outcomes)
         await self._record(entry_id, result, started, claim_mark=claim.mark)
         if plan.emergency:
             metrics.apply_emergency_close_total.labels(result.status).inc()
+
+    async def _confirm_replicated(self, plan: Plan) -> None:
+        """With replicas (Sentinel), the claim must be on one before the order goes out: a failover
+        then keeps the mark, and the plan resumes with a lookup instead of a second order."""
+        wanted = self.settings.redis_wait_replicas
+        if not wanted:
+            return
+        try:
+            acked = await self.redis.wait(wanted, self.settings.redis_wait_timeout_ms)
+        except (RedisError, OSError) as error:
+            _redis_failed(error)
+            raise RedisUnavailable(f"WAIT failed: {error}") from error
+        if acked < wanted:
+            raise RedisUnavailable(
+                f"claim of {plan.plan_id} reached {acked} of {wanted} replicas; not sending"
+            )
 
     async def _record_verdict(
         self, entry_id: str, plan: Plan, verdict: gates.Verdict, started: float

@@ -1,0 +1,157 @@
+"""Redis behind Sentinel: the primary dies while plans flow; the service follows the failover without
+a restart, stays fail closed while no primary is known, and neither doubles nor loses a plan."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import pytest
+from plans import add_plan, results
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis_server import RedisServer, SentinelServer
+from service_process import ServiceProcess
+from test_faults import SYMBOLS, load_plans, order_plan_ids
+
+from quantum_apply_layer import keys
+from quantum_apply_layer.emulator import ExchangeEmulator
+
+
+@dataclass
+class SentinelRedis:
+    primary: RedisServer
+    replicas: list[RedisServer]
+    sentinels: list[SentinelServer]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "REDIS_URL": "redis://127.0.0.1:1/0",  # the Sentinels say where the primary is
+            "REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
+            "REDIS_SENTINEL_SERVICE": "quantum",
+        }
+
+    def client(self) -> Redis:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [("127.0.0.1", s.port) for s in self.sentinels], socket_timeout=0.5
+        )
+        master = sentinel.master_for("quantum", redis_class=Redis, decode_responses=True, socket_timeout=5)
+        return cast(Redis, master)
+
+    async def primary_port(self) -> int:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [("127.0.0.1", s.port) for s in self.sentinels], socket_timeout=0.5
+        )
+        _host, port = await sentinel.discover_master("quantum")
+        return int(port)
+
+
+@pytest.fixture
+async def sentinel_redis(tmp_path: Path) -> AsyncIterator[SentinelRedis]:
+    # Two replicas: a claim must reach one before its order is sent, and one must remain after a
+    # failover for execution to resume (with one, it stays halted until the old primary returns).
+    dirs = [tmp_path / name for name in ("primary", "replica1", "replica2", "s1", "s2", "s3")]
+    for directory in dirs:
+        directory.mkdir()
+    no_delay = ("--repl-diskless-sync-delay", "0")  # a full sync at once, not after 5 s
+    primary = RedisServer(dirs[0], *no_delay)
+    primary.start()
+    replicas = [RedisServer(d, *no_delay, "--replicaof", "127.0.0.1", str(primary.port)) for d in dirs[1:3]]
+    for replica in replicas:
+        replica.start()
+    sentinels = [SentinelServer(directory, primary.port, quorum=2) for directory in dirs[3:]]
+    for sentinel in sentinels:
+        sentinel.start()
+    setup = SentinelRedis(primary, replicas, sentinels)
+    for replica in replicas:
+        on_replica = Redis.from_url(replica.url)
+        for _ in range(400):  # bounded: 20 s for each replica to be in sync
+            if (await on_replica.info("replication")).get("master_link_status") == "up":
+                break
+            await asyncio.sleep(0.05)
+        await on_replica.aclose()
+    yield setup
+    for server in (*sentinels, *replicas, primary):
+        server.kill()
+
+
+async def wait_for_failover(setup: SentinelRedis, old_port: int) -> float:
+    started = time.monotonic()
+    for _ in range(600):  # bounded: 30 s
+        try:
+            if await setup.primary_port() != old_port:
+                return time.monotonic() - started
+        except RedisConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("no failover within 30 s")
+
+
+async def wait_results(client: Redis, count: int, timeout_s: float) -> dict[str, dict[str, str]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if await client.xlen(keys.RESULT_STREAM) >= count:
+                return await results(client)
+        except RedisConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} results after {timeout_s}s")
+
+
+async def test_failover_while_plans_flow_neither_doubles_nor_loses(
+    sentinel_redis: SentinelRedis, emulator: ExchangeEmulator, tmp_path: Path
+) -> None:
+    emulator.set_positions({symbol: 100000.0 for symbol in SYMBOLS})
+    client = sentinel_redis.client()
+    plan_ids = await load_plans(client, 400, "failover")
+    assert await client.wait(2, 2000) == 2  # every plan is on the replica before the primary dies
+    service = ServiceProcess(
+        "", emulator.base_url, tmp_path / "service.log", APPLY_MAX_IN_FLIGHT="4", **sentinel_redis.env
+    )
+    service.start()
+    try:
+        await wait_results(client, 60, 30)
+        old_port = sentinel_redis.primary.port
+        sentinel_redis.primary.kill()
+        killed_at = time.monotonic()
+        gap = await wait_for_failover(sentinel_redis, old_port)
+        client = sentinel_redis.client()
+        found = await wait_results(client, 400, 60)
+        resumed_after = time.monotonic() - killed_at
+    finally:
+        service.terminate()
+    assert set(found) == set(plan_ids)  # none lost
+    orders = order_plan_ids(emulator)
+    assert max(orders.values()) == 1  # none doubled
+    assert Counter(found[p]["status"] for p in plan_ids)["executed"] == len(orders)
+    print(f"failover: no primary for {gap:.1f}s; all plans recorded {resumed_after:.1f}s after the kill")
+
+
+async def test_a_set_switch_survives_the_failover(
+    sentinel_redis: SentinelRedis, emulator: ExchangeEmulator, tmp_path: Path
+) -> None:
+    emulator.set_positions({"BTCUSDT": 1.0})
+    client = sentinel_redis.client()
+    await client.set(keys.GLOBAL_SWITCH, "true")
+    assert await client.wait(2, 2000) == 2
+    sentinel_redis.primary.kill()
+    await wait_for_failover(sentinel_redis, sentinel_redis.primary.port)
+    client = sentinel_redis.client()
+    assert await client.get(keys.GLOBAL_SWITCH) == "true"
+    service = ServiceProcess("", emulator.base_url, tmp_path / "service.log", **sentinel_redis.env)
+    service.start()
+    try:
+        await add_plan(client, "after-failover")
+        found = await wait_results(client, 1, 30)
+    finally:
+        service.terminate()
+    assert found["after-failover"]["status"] == "halted"
+    assert emulator.orders() == []
