@@ -72,6 +72,7 @@ def test_the_checked_names_cover_each_source(apply_layer_names: set[str], export
     """Guards the check itself: an empty source would let every name through."""
     assert {"apply_executed_total", "permit_wait_ms_bucket", "position_mismatch_seconds"} <= apply_layer_names
     assert {"redis_up", "redis_memory_max_bytes", "node_filesystem_avail_bytes"} <= exporter_names
+    assert {"redis_connected_slave_offset_bytes", "redis_sentinel_master_status"} <= exporter_names
 
 
 @pytest.mark.parametrize(
