@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -38,13 +37,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
 from aiohttp import web
 
 from quantum_apply_layer import __version__
+from quantum_apply_layer.config import ConfigError, is_loopback_host, load_credentials
 from quantum_apply_layer.emulator_markets import MARKETS, exchange_info, leverage_brackets
 from quantum_apply_layer.emulator_state import BinanceError, ExchangeState, Faults, OrderLogEntry, now_ms
 
@@ -364,39 +363,6 @@ class _StartRefused(Exception):
     """A reason not to start, worded for the operator."""
 
 
-def _read_credentials(environ: Mapping[str, str]) -> tuple[str, str]:
-    """The API key and secret, read like the service reads them (systemd LoadCredential= first)."""
-    directory = environ.get("CREDENTIALS_DIRECTORY")
-    values: list[str] = []
-    for name in ("BINANCE_API_KEY", "BINANCE_API_SECRET"):
-        if directory:
-            path = Path(directory) / name
-            try:
-                value = path.read_text().strip()
-            except OSError as error:
-                raise _StartRefused(f"cannot read credential {path}: {error.strerror}") from None
-            where = f"credential file {path}"
-        else:
-            value = environ.get(name, "").strip()
-            where = f"environment variable {name}"
-        if not value:
-            raise _StartRefused(
-                f"{name} is missing or empty ({where}); set BINANCE_API_KEY and BINANCE_API_SECRET, or pass "
-                "them as systemd credentials (LoadCredential=) so they appear under $CREDENTIALS_DIRECTORY"
-            )
-        values.append(value)
-    return values[0], values[1]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _symbol_number(text: str) -> tuple[str, str]:
     symbol, sep, number = text.partition("=")
     if not sep or symbol not in MARKETS:
@@ -445,16 +411,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     try:
-        if not _is_loopback(args.host) and not args.allow_non_loopback:
+        if not is_loopback_host(args.host) and not args.allow_non_loopback:
             raise _StartRefused(
                 f"--host {args.host} is not a loopback address; the control endpoints are unauthenticated, "
                 "so pass --allow-non-loopback only on an isolated network"
             )
-        api_key, api_secret = _read_credentials(os.environ)
+        credentials = load_credentials(os.environ)  # read as the service reads them
         state = ExchangeState()
         state.set_positions(dict(args.position))
         state.set_mark_prices(dict(args.mark))
-    except (_StartRefused, ValueError) as error:
+    except (_StartRefused, ConfigError, ValueError) as error:
         print(f"{EMULATOR_NAME}: refusing to start: {error}", file=sys.stderr)
         return 2
     log.info(
@@ -467,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         web.run_app(
-            build_app(state, api_key, api_secret),
+            build_app(state, credentials.api_key, credentials.api_secret),
             host=args.host,
             port=args.port,
             access_log=None,
