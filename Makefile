@@ -48,10 +48,12 @@ image: docker
 wheelhouse: venv
 	bash scripts/build-wheelhouse.sh
 
-## molecule: the infrastructure roles alone (ACLs, validation), then the whole stack as deployed.
+## molecule: the infrastructure roles alone (ACLs, validation), the whole stack as deployed, then
+## releases: deploy A, B, roll back, refuse a broken C.
 molecule: venv image wheelhouse
 	molecule test -s infra
 	molecule test -s default
+	molecule test -s rollback
 
 ## lab: build what is needed, deploy the whole stack onto a local container, smoke it, say where to look.
 lab: venv
