@@ -49,11 +49,12 @@ wheelhouse: venv
 	bash scripts/build-wheelhouse.sh
 
 ## molecule: the infrastructure roles alone (ACLs, validation), the whole stack as deployed, then
-## releases: deploy A, B, roll back, refuse a broken C.
+## releases: deploy A, B, roll back, refuse a broken C; last, a fleet of three hosts on a network.
 molecule: venv image wheelhouse
 	molecule test -s infra
 	molecule test -s default
 	molecule test -s rollback
+	molecule test -s fleet
 
 ## lab: build what is needed, deploy the whole stack onto a local container, smoke it, say where to look.
 lab: venv
