@@ -11,7 +11,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt $(PKG)/pyproject.toml
-	python3 -m venv $(VENV)
+	# A stock Debian has no venv module until python3-venv is installed.
+	python3 -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && python3 -m venv $(VENV); }
 	$(BIN)/pip install -q -r requirements-dev.txt -e $(PKG)
 	touch $@
 
