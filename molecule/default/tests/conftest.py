@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 from typing import Any
 
 from testinfra.host import Host
 
-RELEASE_PYTHON = "/opt/quantum/apply-layer/current/venv/bin/python"
+# Helpers shared with the other scenarios' tests, re-exported for this scenario's test files.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from scenario_helpers import RELEASE_PYTHON, kill_switch_play, wait_for
+
+__all__ = ["RELEASE_PYTHON", "http_json", "journal", "kill_switch_play", "wait_for"]
+
 FETCH = "import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
 
 
@@ -21,13 +26,3 @@ def http_json(host: Host, url: str) -> Any:
 def journal(host: Host, unit: str) -> str:
     output: str = host.run(f"journalctl -u {unit} --no-pager -n 40").stdout
     return output
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float = 90, every_s: float = 3) -> bool:
-    """Poll until `check` holds or the bounded time runs out (never asserts on time itself)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every_s)
-    return check()

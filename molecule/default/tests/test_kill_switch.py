@@ -1,33 +1,14 @@
 """The kill-switch play halts and resumes real orders (against the emulator), through the operator's path."""
 
 import json
-import os
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import RELEASE_PYTHON
+from conftest import RELEASE_PYTHON, kill_switch_play
 from testinfra.host import Host
 
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 PROBE = (Path(__file__).parent / "plan_probe.py").read_text()
-
-
-def kill_switch_play(**extra_vars: str) -> subprocess.CompletedProcess[str]:
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    command = [
-        "ansible-playbook",
-        "-i",
-        str(inventory),
-        "playbooks/kill_switch.yml",
-        "-e",
-        json.dumps(extra_vars),
-    ]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"))
-    return subprocess.run(  # noqa: S603 - fixed argv, no shell
-        command, cwd=PROJECT, env=env, capture_output=True, text=True, check=False
-    )
 
 
 def send_plan(host: Host) -> dict[str, Any]:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
+import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +12,24 @@ import pytest
 import testinfra
 from testinfra.host import Host
 
+# Helpers shared with the other scenarios' tests, re-exported for this scenario's test files.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from scenario_helpers import RELEASE_PYTHON, kill_switch_play, wait_for
+
+__all__ = [
+    "APPLY_HOSTS",
+    "CORE",
+    "RELEASE_PYTHON",
+    "http_json",
+    "kill_switch_play",
+    "orders_by_plan",
+    "send_plans",
+    "wait_for",
+]
+
 CORE = "qh-fleet-core"
 APPLY_HOSTS = ("qh-fleet-apply-1", "qh-fleet-apply-2")
-RELEASE_PYTHON = "/opt/quantum/apply-layer/current/venv/bin/python"
 EMULATOR = "http://127.0.0.1:8090/_emulator"
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 PLANS = (Path(__file__).parent / "fleet_plans.py").read_text()
 # curl is not in the image: python3's urllib, with an optional JSON body (then it is a POST).
 HTTP = (
@@ -47,16 +57,6 @@ def http_json(host: Host, url: str, body: Any = None) -> Any:
     return json.loads(command.stdout)
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float = 120, every_s: float = 3) -> bool:
-    """Poll until `check` holds or the bounded time runs out (never asserts on time itself)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every_s)
-    return check()
-
-
 def orders_by_plan(apply_hosts: dict[str, Host]) -> dict[str, int]:
     """Orders every emulator received, counted by the plan in their client order id (qh-<plan>-<step>)."""
     counts: dict[str, int] = {}
@@ -77,20 +77,3 @@ def send_plans(apply_hosts: dict[str, Host], count: int) -> dict[str, list[dict[
     assert result.rc == 0, result.stderr
     plans: dict[str, list[dict[str, str]]] = json.loads(result.stdout)
     return plans
-
-
-def kill_switch_play(**extra_vars: str) -> subprocess.CompletedProcess[str]:
-    """playbooks/kill_switch.yml against the scenario's inventory, as an operator runs it."""
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    command = [
-        "ansible-playbook",
-        "-i",
-        str(inventory),
-        "playbooks/kill_switch.yml",
-        "-e",
-        json.dumps(extra_vars),
-    ]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"))
-    return subprocess.run(  # noqa: S603 - fixed argv, no shell
-        command, cwd=PROJECT, env=env, capture_output=True, text=True, check=False
-    )
