@@ -13,9 +13,13 @@ local function now_text()
   return now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 end
 
-local function our_claim(existing)
+-- A plan id already claimed: by this very entry (resumed after a crash), or by another (a duplicate).
+local function claimed_before(existing)
   local ok, mark = pcall(cjson.decode, existing)
-  return ok and type(mark) == 'table' and mark.state == 'claimed' and mark.owner == ARGV[1]
+  if ok and type(mark) == 'table' and mark.state == 'claimed' and mark.owner == ARGV[1] then
+    return {'resume', existing}
+  end
+  return {'duplicate', existing}
 end
 
 local existing = redis.call('GET', KEYS[3])
@@ -27,10 +31,7 @@ if ARGV[9] == '1' then
     return {'denied', 'emergency', 'not_reduce_only'}
   end
   if existing then
-    if our_claim(existing) then
-      return {'resume', existing}
-    end
-    return {'duplicate', existing}
+    return claimed_before(existing)
   end
   local token = redis.call('GET', KEYS[8])
   if not token then
@@ -54,10 +55,7 @@ if state == 'reduce_only' and ARGV[3] ~= '1' then
 end
 
 if existing then
-  if our_claim(existing) then
-    return {'resume', existing}
-  end
-  return {'duplicate', existing}
+  return claimed_before(existing)
 end
 
 local orders = tonumber(ARGV[6])
