@@ -23,8 +23,8 @@ lint: lint-python lint-ansible lint-shell
 
 lint-python: venv
 	cd $(PKG) && ruff check src tests && ruff format --check src tests && mypy src tests
-	ruff check --config $(PKG)/pyproject.toml ops/tests
-	ruff format --check --config $(PKG)/pyproject.toml ops/tests
+	ruff check --config $(PKG)/pyproject.toml ops/tests molecule
+	ruff format --check --config $(PKG)/pyproject.toml ops/tests molecule
 	MYPYPATH=$(PKG)/src mypy --strict --python-version 3.11 ops/tests
 
 lint-ansible: venv
@@ -50,12 +50,14 @@ wheelhouse: venv
 	bash scripts/build-wheelhouse.sh
 
 ## molecule: the infrastructure roles alone (ACLs, validation), the whole stack as deployed, then
-## releases: deploy A, B, roll back, refuse a broken C; last, a fleet of three hosts on a network.
+## releases: deploy A, B, roll back, refuse a broken C; a fleet of three hosts on a network, with faults;
+## last, Redis behind Sentinel on three nodes, failed over while plans flow.
 molecule: venv image wheelhouse
 	molecule test -s infra
 	molecule test -s default
 	molecule test -s rollback
 	molecule test -s fleet
+	molecule test -s sentinel
 
 ## lab: build what is needed, deploy the whole stack onto a local container, smoke it, say where to look.
 lab: venv

@@ -52,7 +52,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    # NOAUTH: it answers, but only to a client that logs in.
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.02)
@@ -75,10 +76,11 @@ class RedisServer:
 class SentinelServer(RedisServer):
     """A Sentinel watching the primary under the service name `quantum`, with short timeouts."""
 
-    def __init__(self, directory: Path, primary_port: int, quorum: int) -> None:
+    def __init__(self, directory: Path, primary_port: int, quorum: int, *config_lines: str) -> None:
         super().__init__(directory)
         self.primary_port = primary_port
         self.quorum = quorum
+        self.config_lines = config_lines
 
     def start(self) -> None:
         config = self.directory / "sentinel.conf"
@@ -87,7 +89,7 @@ class SentinelServer(RedisServer):
             f"sentinel monitor quantum 127.0.0.1 {self.primary_port} {self.quorum}\n"
             "sentinel down-after-milliseconds quantum 1000\n"
             "sentinel failover-timeout quantum 5000\n"
-            "sentinel parallel-syncs quantum 1\n"
+            "sentinel parallel-syncs quantum 1\n" + "".join(f"{line}\n" for line in self.config_lines)
         )
         self.process = subprocess.Popen(
             [self.binary, str(config), "--sentinel", "--logfile", str(self.directory / "sentinel.log")]

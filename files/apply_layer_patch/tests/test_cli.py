@@ -88,6 +88,16 @@ def test_kill_and_status(redis_server: RedisServer) -> None:
     assert cli("kill", "on", "--symbol", "eth/usdt", "--reason", "x", **env).returncode == 2
 
 
+def test_a_switch_no_replica_confirmed_is_set_but_reported(redis_server: RedisServer) -> None:
+    """Behind Sentinel the operator must know when a failover could lose the halt just set."""
+    flush(redis_server)
+    env = {"REDIS_URL": redis_server.url, "APPLY_REDIS_WAIT_REPLICAS": "1"}
+    done = cli("kill", "on", "--reason", "INC-2 no replica", **env)
+    assert done.returncode == 6
+    assert "only 0 of 1 replicas confirmed it" in done.stderr
+    assert SyncRedis.from_url(redis_server.url).get("quantum:global:kill_switch") == b"true"
+
+
 def test_status_says_when_redis_is_unreachable() -> None:
     done = cli("status", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert done.returncode == 3

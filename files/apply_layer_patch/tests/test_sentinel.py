@@ -16,12 +16,15 @@ from plans import add_plan, results
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis_server import RedisServer, SentinelServer
 from service_process import ServiceProcess
 from test_faults import SYMBOLS, load_plans, order_plan_ids
 
 from quantum_apply_layer import keys
+from quantum_apply_layer.config import load_settings
 from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.runtime import connect_redis
 
 
 @dataclass
@@ -155,3 +158,31 @@ async def test_a_set_switch_survives_the_failover(
         service.terminate()
     assert found["after-failover"]["status"] == "halted"
     assert emulator.orders() == []
+
+
+async def test_sentinels_that_require_a_login_are_asked_with_the_redis_user(tmp_path: Path) -> None:
+    """Deployed Sentinels disable their default user; the service logs in with REDIS_URL's user."""
+    login = ("user default off", "user apply_layer on >sentinel-test-password ~* &* +@all")
+    primary = RedisServer(tmp_path, "--user", "default", "off", "--user", *login[1].split()[1:])
+    primary.start()
+    sentinel_dir = tmp_path / "sentinel"
+    sentinel_dir.mkdir()
+    sentinel = SentinelServer(
+        sentinel_dir, primary.port, 1, *login,
+        "sentinel auth-user quantum apply_layer", "sentinel auth-pass quantum sentinel-test-password",
+    )  # fmt: skip
+    sentinel.start()
+    sentinels = f"127.0.0.1:{sentinel.port}"
+    try:
+        with_login = load_settings({
+            "REDIS_URL": "redis://apply_layer:sentinel-test-password@127.0.0.1:1/0",
+            "REDIS_SENTINELS": sentinels,
+            "APPLY_REDIS_WAIT_REPLICAS": "0",
+        })  # fmt: skip
+        assert await connect_redis(with_login).ping()
+        without_login = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SENTINELS": sentinels})
+        with pytest.raises(RedisError):
+            await connect_redis(without_login).ping()
+    finally:
+        sentinel.kill()
+        primary.kill()

@@ -26,6 +26,8 @@ EXIT_CONFIG = 2
 EXIT_REDIS = 3
 EXIT_REFUSED = 4  # an emergency close the service refused (no position, wrong side, ...)
 EXIT_PENDING = 5  # an emergency close with no result within --wait
+EXIT_UNCONFIRMED = 6  # a switch set on the primary that no replica confirmed: a failover could lose it
+SWITCH_WAIT_MS = 2000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +136,8 @@ async def _kill(settings: Settings, state: str, reason: str, symbol: str | None,
     redis = connect_redis(settings)
     try:
         change = await set_switch(redis, register_scripts(redis), state, reason, who, symbol)
+        wanted = settings.redis_wait_replicas
+        confirmed = await redis.wait(wanted, SWITCH_WAIT_MS) if wanted else 0
     finally:
         await redis.aclose()
     old_state = parse_switch(change.old or None)
@@ -142,6 +146,13 @@ async def _kill(settings: Settings, state: str, reason: str, symbol: str | None,
         f"{parse_switch(change.new)} ({change.new}); "
         f"reason: {reason.strip()}; audit {change.audit_id}"
     )
+    if confirmed < wanted:
+        print(
+            f"the switch is set on the primary but only {confirmed} of {wanted} replicas confirmed it within "
+            f"{SWITCH_WAIT_MS} ms: a failover now could lose it. Run the command again; check `status`.",
+            file=sys.stderr,
+        )
+        return EXIT_UNCONFIRMED
     return 0
 
 

@@ -24,13 +24,19 @@ log = logging.getLogger(__name__)
 
 def connect_redis(settings: Settings) -> Redis:
     """The primary: from REDIS_URL, or, with REDIS_SENTINELS, whichever one the Sentinels name now
-    (redis-py asks them again after a connection error, so a failover needs no restart)."""
+    (redis-py asks them again after a connection error, so a failover needs no restart). The Sentinels
+    are asked with REDIS_URL's user and password too: a Sentinel that lets anyone in lets anyone fail
+    the primary over."""
     if settings.redis_sentinels:
         url = urlsplit(settings.redis_url)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(settings.redis_sentinels),
-            socket_connect_timeout=0.5,
-            socket_timeout=0.5,
+            sentinel_kwargs={
+                "username": url.username,
+                "password": url.password,
+                "socket_connect_timeout": 0.5,
+                "socket_timeout": 0.5,
+            },
         )
         return cast(
             Redis,

@@ -1,0 +1,87 @@
+"""The scenario's hosts (reached with `docker exec`) and helpers to ask Redis nodes and Sentinels."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+import yaml
+from testinfra.host import Host
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from scenario_helpers import PROJECT, RELEASE_PYTHON, kill_switch_play, wait_for
+
+__all__ = [
+    "APPLY",
+    "NODES",
+    "RELEASE_PYTHON",
+    "address",
+    "http_json",
+    "kill_switch_play",
+    "node_cli",
+    "primary_name",
+    "sentinel_cli",
+    "wait_for",
+]
+
+NODES = ("qh-sentinel-redis-1", "qh-sentinel-redis-2", "qh-sentinel-redis-3")
+APPLY = "qh-sentinel-apply"
+GROUP_VARS = PROJECT / "inventories" / "ha" / "group_vars"
+ADMIN_PASSWORD = yaml.safe_load((GROUP_VARS / "all" / "main.yml").read_text())["redis_admin_password"]
+SENTINEL_SETTINGS = yaml.safe_load((GROUP_VARS / "quantum_redis" / "main.yml").read_text())
+# curl is not in the image: python3's urllib, with an optional JSON body (then it is a POST).
+HTTP = (
+    "import json,sys,urllib.request; body=sys.argv[2].encode() if len(sys.argv)>2 else None; "
+    "request=urllib.request.Request(sys.argv[1], data=body, headers={'Content-Type': 'application/json'}); "
+    "print(urllib.request.urlopen(request, timeout=5).read().decode())"
+)
+
+
+@pytest.fixture(scope="session")
+def nodes() -> dict[str, Host]:
+    return {name: testinfra.get_host(f"docker://{name}") for name in NODES}
+
+
+@pytest.fixture(scope="session")
+def apply_host() -> Host:
+    return testinfra.get_host(f"docker://{APPLY}")
+
+
+def _admin_cli(host: Host, port: int, *args: str) -> str:
+    """redis-cli as the admin user (the inventory's fake password; never on a real host's command line)."""
+    command = host.run(
+        "REDISCLI_AUTH=%s redis-cli -p %s --user admin --no-auth-warning" + " %s" * len(args),
+        ADMIN_PASSWORD, str(port), *args,
+    )  # fmt: skip
+    assert command.rc == 0, command.stderr
+    return str(command.stdout).strip()
+
+
+def node_cli(host: Host, *args: str) -> str:
+    return _admin_cli(host, 6379, *args)
+
+
+def sentinel_cli(host: Host, *args: str) -> str:
+    return _admin_cli(host, 26379, *args)
+
+
+def address(host: Host) -> str:
+    return str(host.interface("eth0").addresses[0])
+
+
+def primary_name(nodes: dict[str, Host], asked: Host) -> str:
+    """The node the Sentinel on `asked` names as primary now."""
+    primary_ip = sentinel_cli(asked, "SENTINEL", "get-master-addr-by-name", "quantum").splitlines()[0]
+    return next(name for name, host in nodes.items() if address(host) == primary_ip)
+
+
+def http_json(host: Host, url: str, body: Any = None) -> Any:
+    """GET (or POST `body`) from inside a container: the services listen on its loopback."""
+    args = [HTTP, url, *([json.dumps(body)] if body is not None else [])]
+    command = host.run("python3 -c" + " %s" * len(args), *args)
+    assert command.rc == 0, command.stderr
+    return json.loads(command.stdout)

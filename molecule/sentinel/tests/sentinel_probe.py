@@ -1,0 +1,119 @@
+"""Write plans through Sentinel while a test fails the primary over, then report what became of each.
+
+Run on the apply host with the release's python: `python - PREFIX COUNT INTERVAL_S < sentinel_probe.py`.
+Reads REDIS_URL (user, password) and REDIS_SENTINELS from the apply layer's env file, so no password
+appears on a command line. A write that fails (no primary yet) is retried, bounded, so the probe loses
+no plan itself. Prints JSON: per plan when it was written and every result entry it got (with the
+entry's time in ms), whether its claim (dedupe mark) is on the primary afterwards, and every write error.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from redis.exceptions import RedisError
+from redis.sentinel import Sentinel
+
+RESULT_STREAM = "quantum:stream:apply.result"
+env = dict(
+    line.split("=", 1)
+    for line in Path("/etc/quantum/apply-layer.env").read_text().splitlines()
+    if line and not line.startswith("#") and "=" in line
+)
+url = urlsplit(env["REDIS_URL"])
+sentinel = Sentinel(
+    [(host, int(port)) for host, port in (item.rsplit(":", 1) for item in env["REDIS_SENTINELS"].split(","))],
+    sentinel_kwargs={"username": url.username, "password": url.password, "socket_timeout": 0.5},
+)
+client = sentinel.master_for(
+    env["REDIS_SENTINEL_SERVICE"],
+    username=url.username,
+    password=url.password,
+    decode_responses=True,
+    socket_timeout=2,
+)
+prefix, count, interval_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+plan_ids = [f"{prefix}-{number}" for number in range(count)]
+write_errors: list[str] = []
+
+
+def until_written(write) -> float:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            write()
+            return time.time()
+        except RedisError as error:
+            write_errors.append(f"{time.time():.3f} {type(error).__name__}: {error}")
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def write_plan(plan_id: str) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=120)
+    pipe.set(
+        f"quantum:permit:p33:{plan_id}",
+        json.dumps(
+            {"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 100, "reason": "sentinel"}
+        ),
+        ex=120,
+    )
+    pipe.xadd(
+        "quantum:stream:apply.plan",
+        {
+            "plan_id": plan_id,
+            "symbol": "BTCUSDT",
+            "action": "FULL_CLOSE_PROPOSED",
+            "decision": "EXECUTE",
+            "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
+        },
+    )
+    pipe.execute()
+
+
+def results() -> dict[str, list[dict[str, object]]]:
+    found: dict[str, list[dict[str, object]]] = {plan_id: [] for plan_id in plan_ids}
+    for entry_id, fields in client.xrange(RESULT_STREAM, min="-"):
+        if fields.get("plan_id") in found:
+            found[fields["plan_id"]].append(
+                {
+                    "status": fields["status"],
+                    "reason": fields.get("reason", ""),
+                    "at_ms": int(entry_id.split("-")[0]),
+                }
+            )
+    return found
+
+
+written = {}
+for plan_id in plan_ids:
+    written[plan_id] = until_written(lambda plan_id=plan_id: write_plan(plan_id))
+    time.sleep(interval_s)
+
+deadline = time.monotonic() + 120
+found = {}
+while time.monotonic() < deadline:
+    try:
+        found = results()
+        if all(found.values()):
+            break
+    except RedisError:
+        pass
+    time.sleep(1)
+time.sleep(3)  # a second result for a plan would show up now
+found = results()
+marks = {plan_id: bool(client.exists(f"quantum:apply:dedupe:{plan_id}")) for plan_id in plan_ids}
+print(
+    json.dumps(
+        {
+            "plans": {
+                p: {"written": written[p], "results": found[p], "claim_kept": marks[p]} for p in plan_ids
+            },
+            "write_errors": write_errors,
+        }
+    )
+)
