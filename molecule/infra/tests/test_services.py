@@ -32,6 +32,7 @@ def test_alertmanager_cluster_port_is_closed(host: Host) -> None:
     ("path", "user", "group", "mode"),
     [
         ("/etc/redis/redis.conf", "redis", "redis", 0o640),
+        ("/etc/redis/quantum.conf", "redis", "redis", 0o640),
         ("/etc/redis/users.acl", "redis", "redis", 0o640),
         ("/etc/default/prometheus-redis-exporter", "root", "root", 0o600),
         ("/etc/default/prometheus-node-exporter", "root", "root", 0o644),
