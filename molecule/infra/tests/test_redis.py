@@ -31,6 +31,30 @@ def test_apply_layer_reads_and_writes_its_keys(host: Host, apply_layer: tuple[st
     assert redis_cli(host, *apply_layer, "GET", "quantum:molecule:probe") == "1"
 
 
+def test_transactions_and_scripts_survive_a_restart(host: Host, apply_layer: tuple[str, str]) -> None:
+    """Redis replays its append-only file as the default user: the apply layer's MULTI/EXEC records and
+    multi-write scripts (claims, switch changes) must come back after a restart, not only single SETs."""
+    keys = (
+        "quantum:molecule:multi:a",
+        "quantum:molecule:multi:b",
+        "quantum:molecule:eval:a",
+        "quantum:molecule:eval:b",
+    )
+    script = "redis.call('SET', KEYS[1], 'eval'); redis.call('SET', KEYS[2], 'eval')"
+    redis_cli(host, *apply_layer, "DEL", *keys)
+    transaction = f"MULTI\nSET {keys[0]} multi\nSET {keys[1]} multi\nEXEC\n"
+    host.check_output(
+        "printf %s | env REDISCLI_AUTH=%s redis-cli --user %s --no-auth-warning",
+        transaction,
+        apply_layer[1],
+        apply_layer[0],
+    )
+    redis_cli(host, *apply_layer, "EVAL", script, "2", keys[2], keys[3])
+    host.check_output("systemctl restart redis-server")
+    assert redis_cli(host, *apply_layer, "MGET", *keys).splitlines() == ["multi", "multi", "eval", "eval"]
+    assert "NOPERM" not in host.check_output("journalctl -u redis-server --no-pager -n 20")
+
+
 @pytest.mark.parametrize(
     "command",
     [
