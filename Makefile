@@ -7,7 +7,7 @@ PKG := files/apply_layer_patch
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv lint lint-python lint-ansible lint-shell unit ops-test molecule test lab bench wheelhouse image docker
+.PHONY: venv lint lint-python lint-ansible lint-shell unit ops-test molecule test lab bench bench-deploy wheelhouse image docker
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt $(PKG)/pyproject.toml
@@ -65,3 +65,8 @@ lab: venv
 
 bench: venv
 	cd $(PKG)/tests && python bench.py
+
+## bench-deploy: each run on a fresh container: fresh converge, second converge (must be changed=0),
+## deploy a release B, roll back to A; medians over BENCH_RUNS (3).
+bench-deploy: venv
+	bash scripts/bench-deploy.sh

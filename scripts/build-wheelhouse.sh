@@ -6,10 +6,11 @@
 # Reproducible: the package is built from a clean copy of its sources with SOURCE_DATE_EPOCH fixed,
 # so the same sources give the same bytes, and the role's content-addressed release id stays the same.
 # Skipped when the inputs (sources, python, pip's configuration) have not changed; FORCE=1 rebuilds.
+# PACKAGE_DIR builds another copy of the package (a test's patched release) instead of this tree's.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-package="$root/files/apply_layer_patch"
+package=$(cd "${PACKAGE_DIR:-$root/files/apply_layer_patch}" && pwd)
 wheelhouse="${WHEELHOUSE:-$root/build/wheelhouse}"
 python=${PYTHON:-python3.11}
 # Debian 12's python3.11. Requirements whose markers hold there but not on the controller (redis-py's

@@ -9,6 +9,8 @@ cd "$root"
 container=${QH_LAB_CONTAINER:-quantum-lab}
 image=${QH_BASE_IMAGE:-quantum-hygiene/debian12-systemd:bookworm}
 export ANSIBLE_CONFIG="$root/ansible.cfg"
+# shellcheck source=systemd-container.sh source-path=SCRIPTDIR disable=SC1091 # checked on its own too
+source "$root/scripts/systemd-container.sh"
 
 bash scripts/ensure-docker.sh
 bash scripts/build-image.sh
@@ -20,29 +22,12 @@ if [ -z "$(docker ps -q --filter "name=^${container}\$")" ]; then
     docker start "$container" >/dev/null
   else
     echo "creating the container $container from $image"
-    # systemd as PID 1: every capability but SYS_RESOURCE (--privileged fails here), as in
-    # .config/molecule/config.yml. Ports are published on the host's loopback only.
-    caps=(CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE
-      NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT
-      SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE
-      AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ)
-    docker run -d --name "$container" --hostname "$container" \
-      --cap-drop ALL "${caps[@]/#/--cap-add=}" \
-      --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
-      --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
-      -p 127.0.0.1:8000:8000 -p 127.0.0.1:9090:9090 -p 127.0.0.1:9093:9093 \
-      "$image" /lib/systemd/systemd >/dev/null
+    # Ports are published on the host's loopback only.
+    systemd_container_create "$container" "$image" \
+      -p 127.0.0.1:8000:8000 -p 127.0.0.1:9090:9090 -p 127.0.0.1:9093:9093
   fi
 fi
-
-# systemd waits for the container manager to share mounts; without it LoadCredential= cannot
-# reach the services. A host does this at boot by itself.
-for _ in $(seq 1 60); do
-  state=$(docker exec "$container" systemctl is-system-running 2>/dev/null || true)
-  case $state in running | degraded) break ;; esac
-  sleep 1
-done
-docker exec "$container" mount --make-rshared /
+systemd_container_ready "$container"
 
 ansible-playbook -i inventories/lab playbooks/deploy.yml "$@"
 

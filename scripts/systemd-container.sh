@@ -1,0 +1,32 @@
+# shellcheck shell=bash
+# Sourced by scripts/lab.sh and scripts/bench-deploy.sh: a container that boots systemd as PID 1 from
+# the base image (scripts/build-image.sh), started the way .config/molecule/config.yml starts molecule's.
+
+# systemd_container_create NAME IMAGE [docker run options...]
+# Every capability but SYS_RESOURCE (--privileged fails here), as in .config/molecule/config.yml.
+systemd_container_create() {
+  local name=$1 image=$2
+  shift 2
+  local caps=(CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE
+    NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT
+    SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE
+    AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ)
+  docker run -d --name "$name" --hostname "$name" \
+    --cap-drop ALL "${caps[@]/#/--cap-add=}" \
+    --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+    --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+    "$@" "$image" /lib/systemd/systemd >/dev/null
+}
+
+# systemd_container_ready NAME: wait for systemd to boot, then share mounts as a host's systemd does.
+# systemd waits for the container manager to share mounts; without it LoadCredential= cannot
+# reach the services. A host does this at boot by itself.
+systemd_container_ready() {
+  local name=$1 state
+  for _ in $(seq 1 60); do
+    state=$(docker exec "$name" systemctl is-system-running 2>/dev/null || true)
+    case $state in running | degraded) break ;; esac
+    sleep 1
+  done
+  docker exec "$name" mount --make-rshared /
+}
