@@ -1,9 +1,16 @@
-"""Send plans with both permits, one every 0.1 s, and print every result entry each plan got.
+"""Plans written as the upstream planner writes them, and what became of them, seen from an apply host.
 
-Run on an apply host with the release's python: `python - PREFIX COUNT < fleet_plans.py`. It reads
-REDIS_URL from the apply layer's env file, so the password never appears on a command line. Prints JSON
-{plan_id: [{"status": ..., "consumer": ...}, ...]} read from the whole result stream once every plan has
-a result, a little later, so a second result for a plan would be seen too.
+Run with the release's python: `python -c "$(cat fleet_plans.py)" COMMAND ARGS...`. It reads REDIS_URL
+from the apply layer's env file, so the password never appears on a command line. Commands:
+
+  send PREFIX COUNT EVERY_S  plans PREFIX-0 .. PREFIX-<COUNT-1>, one every EVERY_S seconds;
+                             prints {"written": ..., "refused": write attempts Redis refused}
+  send-entries JSON          each field map of the JSON list as it is (malformed plans, say)
+  outcomes PREFIX            {"plans": {entry id: fields}, "results": [...], "dead_letters": [...]}
+                             for the plan entries whose plan_id or fault_case starts with PREFIX-
+
+Each entry is written with both permits for its plan_id, so a plan that should never run (a malformed
+one) would be executed, and seen, if the apply layer let it through.
 """
 
 import json
@@ -13,49 +20,98 @@ from pathlib import Path
 
 import redis
 
+PLAN_STREAM = "quantum:stream:apply.plan"
 RESULT_STREAM = "quantum:stream:apply.result"
+DLQ_STREAM = "quantum:stream:apply.dlq"
+# Permits outlive the longest outage the fault tests cause, so a plan caught in one still runs after it.
+PERMIT_TTL_S = 600
+GIVE_UP_AFTER_S = 300
+RESULT_FIELDS = ("plan_id", "status", "reason", "consumer", "entry_id")
+
 env = dict(
     line.split("=", 1)
     for line in Path("/etc/quantum/apply-layer.env").read_text().splitlines()
     if line and not line.startswith("#") and "=" in line
 )
-client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
-prefix, count = sys.argv[1], int(sys.argv[2])
-plan_ids = [f"{prefix}-{number}" for number in range(count)]
+client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True, socket_timeout=5)
 
-last = client.xrevrange(RESULT_STREAM, count=1)
-start = last[0][0] if last else "0-0"
-for plan_id in plan_ids:
-    # What P3.2 and P3.3 would grant; spaced out so both blocked consumers get a turn.
-    client.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
-    client.set(
-        f"quantum:permit:p33:{plan_id}",
-        json.dumps({"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 0.5, "reason": "fleet"}),
-        ex=60,
-    )
-    client.xadd(
-        "quantum:stream:apply.plan",
-        {
-            "plan_id": plan_id,
+
+def identity(fields: dict[str, str]) -> tuple[str | None, str | None]:
+    return fields.get("plan_id"), fields.get("fault_case")
+
+
+def written_already(fields: dict[str, str]) -> bool:
+    return any(identity(found) == identity(fields) for _id, found in client.xrevrange(PLAN_STREAM, count=100))
+
+
+def write(fields: dict[str, str]) -> int:
+    """Permits, then the entry, as plain commands: upstream is three services (P3.2, P3.3, the planner),
+    so nothing ties their writes into one transaction. While Redis refuses, tried again as upstream would;
+    an attempt whose answer was lost may have gone through, so it is looked for before writing it again.
+    Returns the attempts refused."""
+    refused = 0
+    deadline = time.monotonic() + GIVE_UP_AFTER_S
+    while True:
+        try:
+            if refused and written_already(fields):
+                return refused
+            with client.pipeline(transaction=False) as pipe:
+                if fields.get("plan_id"):
+                    # What P3.2 and P3.3 would grant. No P3.3 view of the position: each apply host has
+                    # its own emulator, whose position every close changes.
+                    pipe.set(
+                        f"quantum:permit:{fields['plan_id']}", json.dumps({"granted": True}), ex=PERMIT_TTL_S
+                    )
+                    pipe.set(
+                        f"quantum:permit:p33:{fields['plan_id']}",
+                        json.dumps({"allow": True, "safe_close_qty": 0.01, "reason": "fleet"}),
+                        ex=PERMIT_TTL_S,
+                    )
+                pipe.xadd(PLAN_STREAM, fields)
+                pipe.execute()
+            return refused
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            refused += 1
+            time.sleep(0.5)
+
+
+def send(prefix: str, count: int, every_s: float) -> dict[str, int]:
+    refused = 0
+    for number in range(count):
+        plan = {
+            "plan_id": f"{prefix}-{number}",
             "symbol": "BTCUSDT",
             "action": "FULL_CLOSE_PROPOSED",
             "decision": "EXECUTE",
             "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
-        },
-    )
-    time.sleep(0.1)
+        }
+        refused += write(plan)
+        time.sleep(every_s)  # spaced out so both blocked consumers get a turn
+    return {"written": count, "refused": refused}
 
 
-def results() -> dict[str, list[dict[str, str]]]:
-    found: dict[str, list[dict[str, str]]] = {plan_id: [] for plan_id in plan_ids}
-    for _entry_id, fields in client.xrange(RESULT_STREAM, min=f"({start}"):
-        if fields.get("plan_id") in found:
-            found[fields["plan_id"]].append({"status": fields["status"], "consumer": fields["consumer"]})
-    return found
+def outcomes(prefix: str) -> dict[str, object]:
+    def ours(fields: dict[str, str]) -> bool:
+        return any((value or "").startswith(f"{prefix}-") for value in identity(fields))
+
+    plans = {entry_id: fields for entry_id, fields in client.xrange(PLAN_STREAM) if ours(fields)}
+    results = [
+        {name: fields.get(name, "") for name in RESULT_FIELDS}
+        for _id, fields in client.xrange(RESULT_STREAM)
+        if fields.get("entry_id") in plans
+    ]
+    dead_letters = [fields for _id, fields in client.xrange(DLQ_STREAM) if ours(fields)]
+    return {"plans": plans, "results": results, "dead_letters": dead_letters}
 
 
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline and not all(results().values()):
-    time.sleep(1)
-time.sleep(3)
-print(json.dumps(results()))
+command, args = sys.argv[1], sys.argv[2:]
+if command == "send":
+    print(json.dumps(send(args[0], int(args[1]), float(args[2]))))
+elif command == "send-entries":
+    print(json.dumps({"refused": sum(write(fields) for fields in json.loads(args[0]))}))
+elif command == "outcomes":
+    print(json.dumps(outcomes(args[0])))
+else:
+    sys.exit(f"unknown command {command!r}: send, send-entries or outcomes")
