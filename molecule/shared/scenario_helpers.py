@@ -13,14 +13,14 @@ RELEASE_PYTHON = "/opt/quantum/apply-layer/current/venv/bin/python"
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 
 
-def kill_switch_play(**extra_vars: str) -> subprocess.CompletedProcess[str]:
-    """playbooks/kill_switch.yml against the scenario's inventory, as an operator runs it."""
+def run_playbook(playbook: str, **extra_vars: str) -> subprocess.CompletedProcess[str]:
+    """One of playbooks/ against the scenario's inventory, as an operator runs it."""
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     command = [
         "ansible-playbook",
         "-i",
         str(inventory),
-        "playbooks/kill_switch.yml",
+        f"playbooks/{playbook}",
         "-e",
         json.dumps(extra_vars),
     ]
@@ -28,6 +28,11 @@ def kill_switch_play(**extra_vars: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - fixed argv, no shell
         command, cwd=PROJECT, env=env, capture_output=True, text=True, check=False
     )
+
+
+def kill_switch_play(**extra_vars: str) -> subprocess.CompletedProcess[str]:
+    """playbooks/kill_switch.yml: -e kill_switch=on|off|reduce-only -e reason=..."""
+    return run_playbook("kill_switch.yml", **extra_vars)
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float = 120, every_s: float = 3) -> bool:

@@ -4,6 +4,7 @@ a restart, stays fail closed while no primary is known, and neither doubles nor 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -186,3 +187,39 @@ async def test_sentinels_that_require_a_login_are_asked_with_the_redis_user(tmp_
     finally:
         sentinel.kill()
         primary.kill()
+
+
+async def test_no_order_goes_out_while_no_replica_can_confirm_its_claim(
+    sentinel_redis: SentinelRedis, emulator: ExchangeEmulator, tmp_path: Path
+) -> None:
+    """Replicas frozen after a warm-up: every claim's WAIT (on the claim's own connection) fails, so no
+    order goes out until they answer; then each plan runs once and gets one result (a plan read as
+    pending is handled only while it is still pending, not again after it was recorded)."""
+    emulator.set_positions({symbol: 100000.0 for symbol in SYMBOLS})
+    client = sentinel_redis.client()
+    service = ServiceProcess(
+        "", emulator.base_url, tmp_path / "service.log", APPLY_MAX_IN_FLIGHT="16", **sentinel_redis.env
+    )
+    service.start()
+    try:
+        await load_plans(client, 100, "warm")
+        await wait_results(client, 100, 30)
+        orders_before = sum(order_plan_ids(emulator).values())
+        frozen = [replica.process for replica in sentinel_redis.replicas if replica.process is not None]
+        for process in frozen:
+            process.send_signal(signal.SIGSTOP)
+        try:
+            await load_plans(client, 100, "frozen")
+            await asyncio.sleep(3)  # every plan claimed and refused by WAIT several times over
+            orders_while_frozen = sum(order_plan_ids(emulator).values()) - orders_before
+        finally:
+            for process in frozen:
+                process.send_signal(signal.SIGCONT)
+        found = await wait_results(client, 200, 60)
+    finally:
+        service.terminate()
+    assert orders_while_frozen == 0
+    assert max(order_plan_ids(emulator).values()) == 1
+    assert Counter(result["status"] for result in found.values()) == Counter({"executed": 200})
+    # One result each: a plan taken up again after its WAIT failed is not recorded a second time.
+    assert await sentinel_redis.client().xlen(keys.RESULT_STREAM) == 200

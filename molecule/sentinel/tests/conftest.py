@@ -13,7 +13,7 @@ import yaml
 from testinfra.host import Host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from scenario_helpers import PROJECT, RELEASE_PYTHON, kill_switch_play, wait_for
+from scenario_helpers import PROJECT, RELEASE_PYTHON, kill_switch_play, run_playbook, wait_for
 
 __all__ = [
     "APPLY",
@@ -24,6 +24,7 @@ __all__ = [
     "kill_switch_play",
     "node_cli",
     "primary_name",
+    "run_playbook",
     "sentinel_cli",
     "wait_for",
 ]

@@ -20,6 +20,7 @@ from conftest import (
     kill_switch_play,
     node_cli,
     primary_name,
+    run_playbook,
     sentinel_cli,
     wait_for,
 )
@@ -184,6 +185,20 @@ def test_failover_while_plans_flow_loses_and_doubles_nothing(
     # Every order that went out has its claim on the new primary: none was sent on a claim it forgot.
     assert [plan_id for plan_id in orders if not plans[plan_id]["claim_kept"]] == []
     assert first_after - stopped_at <= DOWN_AFTER_S + 5
+
+
+def test_a_redeploy_after_the_failover_keeps_the_new_primary(nodes: dict[str, Host]) -> None:
+    """The role asks the Sentinels which node is primary: deploying again, with the first primary of
+    the inventory now a replica, changes nothing on the nodes and leaves the primary where it is."""
+    primary_before = primary_name(nodes, nodes[NODES[2]])
+    assert primary_before != NODES[0]  # the failover test moved it away from the inventory's first node
+    deployed = run_playbook("deploy.yml")
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr
+    recap = [line for line in deployed.stdout.splitlines() if line.startswith(NODES)]
+    assert len(recap) == len(NODES), deployed.stdout[-3000:]
+    assert all("changed=0" in line for line in recap), recap
+    assert healthy(nodes)
+    assert primary_name(nodes, nodes[NODES[2]]) == primary_before
 
 
 def test_a_switch_set_before_a_failover_still_halts(nodes: dict[str, Host], apply_host: Host) -> None:

@@ -223,6 +223,8 @@ class ApplyLayer:
     # ---- validate, gate, execute, record -------------------------------------------------------
     async def handle(self, entry_id: str, fields: dict[str, str] | None, recovered: bool) -> None:
         started = time.perf_counter()
+        if recovered and not await self._still_pending(entry_id):
+            return
         if fields is None:  # trimmed from the stream before we could read it
             await self._record(entry_id, Result("", "", "dead_letter", "entry_deleted: no fields"), started)
             return
@@ -241,15 +243,18 @@ class ApplyLayer:
         if self.stopping.is_set():
             raise RedisUnavailable("stopping before the claim")  # left pending for the next start
 
-        claim = await self._claim_waiting_for_permits(plan, entry_id)
-        verdict = gates.claim_verdict(claim)
-        if verdict is not None:
-            _count_denial(claim)
-            await self._record_verdict(entry_id, plan, verdict, started)
-            return
-        if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
-            metrics.p33_permit_allow_total.inc()
-        await self._confirm_replicated(plan)
+        # The claim and its WAIT on one connection: WAIT counts only what its own connection wrote, so
+        # on another pooled connection it could confirm an older write while the claim is not on a replica.
+        async with self.redis.client() as connection:
+            claim = await self._claim_waiting_for_permits(plan, entry_id, connection)
+            verdict = gates.claim_verdict(claim)
+            if verdict is not None:
+                _count_denial(claim)
+                await self._record_verdict(entry_id, plan, verdict, started)
+                return
+            if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
+                metrics.p33_permit_allow_total.inc()
+            await self._confirm_replicated(plan, connection)
 
         outcomes = await self._execute(plan, entry_id, claim, resumed=recovered or claim.kind == "resume")
         result = _result_of(plan, outcomes)
@@ -257,14 +262,27 @@ class ApplyLayer:
         if plan.emergency:
             metrics.apply_emergency_close_total.labels(result.status).inc()
 
-    async def _confirm_replicated(self, plan: Plan) -> None:
+    async def _still_pending(self, entry_id: str) -> bool:
+        """A plan read as pending (after an outage, or taken over) may have been recorded and acked
+        while it waited for a slot or its symbol's turn: handling it again would give it a second
+        result, or run a plan already recorded as halted."""
+        try:
+            pending = await self.redis.xpending_range(
+                keys.PLAN_STREAM, self.settings.consumer_group, min=entry_id, max=entry_id, count=1
+            )
+        except (RedisError, OSError) as error:
+            _redis_failed(error)
+            raise RedisUnavailable(f"XPENDING failed: {error}") from error
+        return bool(pending)
+
+    async def _confirm_replicated(self, plan: Plan, connection: Redis) -> None:
         """With replicas (Sentinel), the claim must be on one before the order goes out: a failover
         then keeps the mark, and the plan resumes with a lookup instead of a second order."""
         wanted = self.settings.redis_wait_replicas
         if not wanted:
             return
         try:
-            acked = await self.redis.wait(wanted, self.settings.redis_wait_timeout_ms)
+            acked = await connection.wait(wanted, self.settings.redis_wait_timeout_ms)
         except (RedisError, OSError) as error:
             _redis_failed(error)
             raise RedisUnavailable(f"WAIT failed: {error}") from error
@@ -284,14 +302,16 @@ class ApplyLayer:
             entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
         )
 
-    async def _claim_waiting_for_permits(self, plan: Plan, entry_id: str) -> gates.ClaimResult:
+    async def _claim_waiting_for_permits(
+        self, plan: Plan, entry_id: str, connection: Redis
+    ) -> gates.ClaimResult:
         waited_from = time.perf_counter()
         deadline = time.monotonic() + self.settings.permit_timeout_s
         permit_keys = [keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id)]
         async with self.permits.watching(permit_keys) as changed:
             while True:
                 changed.clear()
-                claim = await self._claim(plan, entry_id)
+                claim = await self._claim(plan, entry_id, connection)
                 if claim.kind != "permit_missing":
                     break
                 remaining = deadline - time.monotonic()
@@ -305,7 +325,7 @@ class ApplyLayer:
             metrics.apply_permit_wait_seconds.observe(waited)
         return claim
 
-    async def _claim(self, plan: Plan, entry_id: str) -> gates.ClaimResult:
+    async def _claim(self, plan: Plan, entry_id: str, connection: Redis) -> gates.ClaimResult:
         try:
             reply = await self.scripts.claim(
                 keys=keys.claim_keys(plan.plan_id, plan.symbol),
@@ -320,6 +340,7 @@ class ApplyLayer:
                     self.settings.max_orders_per_s_per_symbol,
                     "1" if plan.emergency else "0",
                 ],
+                client=connection,
             )
         except (RedisError, OSError) as error:
             _redis_failed(error)
@@ -333,7 +354,7 @@ class ApplyLayer:
         for index in range(len(plan.steps)):
             if index > 0:
                 # A halt set while earlier steps were sending stops the steps not yet sent.
-                again = await self._claim(plan, entry_id)
+                again = await self._claim(plan, entry_id, self.redis)
                 if again.kind != "resume":
                     reason = gates.claim_verdict(again)
                     detail = reason.reason if reason else again.kind
