@@ -1,4 +1,5 @@
-"""Shared by several scenarios' testinfra tests: the operator's kill-switch play, and a bounded wait."""
+"""Shared by several scenarios' testinfra tests: the operator's playbooks, HTTP from inside a container,
+and a bounded wait."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from testinfra.host import Host
 
 RELEASE_PYTHON = "/opt/quantum/apply-layer/current/venv/bin/python"
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+# curl is not in the image: python3's urllib, with an optional JSON body (then it is a POST).
+HTTP = (
+    "import json,sys,urllib.request; body=sys.argv[2].encode() if len(sys.argv)>2 else None; "
+    "request=urllib.request.Request(sys.argv[1], data=body, headers={'Content-Type': 'application/json'}); "
+    "print(urllib.request.urlopen(request, timeout=5).read().decode())"
+)
 
 
 def run_playbook(playbook: str, **extra_vars: str) -> subprocess.CompletedProcess[str]:
@@ -43,3 +53,11 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 120, every_s: float =
             return True
         time.sleep(every_s)
     return check()
+
+
+def http_json(host: Host, url: str, body: Any = None) -> Any:
+    """GET (or POST `body`) from inside a container: the services listen on its loopback."""
+    args = [HTTP, url, *([json.dumps(body)] if body is not None else [])]
+    command = host.run("python3 -c" + " %s" * len(args), *args)
+    assert command.rc == 0, command.stderr
+    return json.loads(command.stdout)

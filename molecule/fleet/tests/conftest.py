@@ -16,7 +16,7 @@ from testinfra.host import Host
 
 # Helpers shared with the other scenarios' tests, re-exported for this scenario's test files.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from scenario_helpers import RELEASE_PYTHON, kill_switch_play, wait_for
+from scenario_helpers import RELEASE_PYTHON, http_json, kill_switch_play, wait_for
 
 __all__ = [
     "APPLY_HOSTS",
@@ -40,12 +40,6 @@ EMULATOR = "http://127.0.0.1:8090/_emulator"
 PLANS = (Path(__file__).parent / "fleet_plans.py").read_text()
 # Room for 100 closes of 0.01 on each emulator, however the plans are shared between the two hosts.
 POSITION = {"BTCUSDT": 1.0}
-# curl is not in the image: python3's urllib, with an optional JSON body (then it is a POST).
-HTTP = (
-    "import json,sys,urllib.request; body=sys.argv[2].encode() if len(sys.argv)>2 else None; "
-    "request=urllib.request.Request(sys.argv[1], data=body, headers={'Content-Type': 'application/json'}); "
-    "print(urllib.request.urlopen(request, timeout=5).read().decode())"
-)
 
 Results = dict[str, list[dict[str, str]]]
 
@@ -58,14 +52,6 @@ def core() -> Host:
 @pytest.fixture(scope="session")
 def apply_hosts() -> dict[str, Host]:
     return {name: testinfra.get_host(f"docker://{name}") for name in APPLY_HOSTS}
-
-
-def http_json(host: Host, url: str, body: Any = None) -> Any:
-    """GET (or POST `body`) from inside a container: the services listen on its loopback."""
-    args = [HTTP, url, *([json.dumps(body)] if body is not None else [])]
-    command = host.run("python3 -c" + " %s" * len(args), *args)
-    assert command.rc == 0, command.stderr
-    return json.loads(command.stdout)
 
 
 def orders(apply_hosts: dict[str, Host]) -> list[dict[str, Any]]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import testinfra
@@ -13,7 +11,7 @@ import yaml
 from testinfra.host import Host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from scenario_helpers import PROJECT, RELEASE_PYTHON, kill_switch_play, run_playbook, wait_for
+from scenario_helpers import PROJECT, RELEASE_PYTHON, http_json, kill_switch_play, run_playbook, wait_for
 
 __all__ = [
     "APPLY",
@@ -34,12 +32,6 @@ APPLY = "qh-sentinel-apply"
 GROUP_VARS = PROJECT / "inventories" / "ha" / "group_vars"
 ADMIN_PASSWORD = yaml.safe_load((GROUP_VARS / "all" / "main.yml").read_text())["redis_admin_password"]
 SENTINEL_SETTINGS = yaml.safe_load((GROUP_VARS / "quantum_redis" / "main.yml").read_text())
-# curl is not in the image: python3's urllib, with an optional JSON body (then it is a POST).
-HTTP = (
-    "import json,sys,urllib.request; body=sys.argv[2].encode() if len(sys.argv)>2 else None; "
-    "request=urllib.request.Request(sys.argv[1], data=body, headers={'Content-Type': 'application/json'}); "
-    "print(urllib.request.urlopen(request, timeout=5).read().decode())"
-)
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +70,3 @@ def primary_name(nodes: dict[str, Host], asked: Host) -> str:
     """The node the Sentinel on `asked` names as primary now."""
     primary_ip = sentinel_cli(asked, "SENTINEL", "get-master-addr-by-name", "quantum").splitlines()[0]
     return next(name for name, host in nodes.items() if address(host) == primary_ip)
-
-
-def http_json(host: Host, url: str, body: Any = None) -> Any:
-    """GET (or POST `body`) from inside a container: the services listen on its loopback."""
-    args = [HTTP, url, *([json.dumps(body)] if body is not None else [])]
-    command = host.run("python3 -c" + " %s" * len(args), *args)
-    assert command.rc == 0, command.stderr
-    return json.loads(command.stdout)
