@@ -34,7 +34,10 @@ def run_playbook(playbook: str, **extra_vars: str) -> subprocess.CompletedProces
         "-e",
         json.dumps(extra_vars),
     ]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"))
+    # Plain text: molecule forces colour on, which would hide the recap lines from a test that reads them.
+    env = dict(
+        os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1"
+    )
     return subprocess.run(  # noqa: S603 - fixed argv, no shell
         command, cwd=PROJECT, env=env, capture_output=True, text=True, check=False
     )
