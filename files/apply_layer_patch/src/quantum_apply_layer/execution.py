@@ -131,6 +131,16 @@ class StepExecutor:
             self.error_streak = 0
         return outcome
 
+    async def settle_unexpected(self, plan: Plan, index: int, error: Exception) -> StepOutcome:
+        """A step that raised something no one foresaw (a bug, a library's surprise): whether its order
+        went out is unknown, so it is looked up, as after a timeout, before the result says anything."""
+        step = plan.steps[index]
+        unknown = ExchangeError("other", f"unexpected {type(error).__name__}: {error}")
+        outcome = await self._after_error(plan, index, step, client_order_id(plan.plan_id, index), unknown)
+        if outcome.status == "error":
+            self.error_streak += 1
+        return outcome
+
     async def _send(
         self, plan: Plan, index: int, step: Step, coid: str, p33: dict[str, object]
     ) -> StepOutcome:

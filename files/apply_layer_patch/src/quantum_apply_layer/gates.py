@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from .plan import Plan
 
+# How far ahead of this host a plan's timestamp may be: clock skew between upstream's host and ours.
+MAX_FUTURE_S = 5.0
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -50,10 +53,22 @@ def decision_gate(plan: Plan) -> Verdict | None:
 
 
 def freshness_gate(plan: Plan, now: float, max_age_s: float) -> Verdict | None:
-    """A plan older than max_age_s describes a market that is gone (e.g. after an outage): block it."""
-    if plan.emergency or plan.timestamp is None or now - plan.timestamp <= max_age_s:
+    """A plan older than max_age_s describes a market that is gone (e.g. after an outage): block it.
+    One from further ahead than clock skew explains (a year 2100, or milliseconds read as seconds)
+    has a timestamp nobody can trust: block it too, or it would never grow stale."""
+    if plan.emergency or plan.timestamp is None:
         return None
-    return Verdict("blocked", f"stale: {now - plan.timestamp:.0f}s old, limit {max_age_s:.0f}s", "stale")
+    age = now - plan.timestamp
+    if age > max_age_s:
+        return Verdict("blocked", f"stale: {age:.0f}s old, limit {max_age_s:.0f}s", "stale")
+    if -age > MAX_FUTURE_S:
+        return Verdict(
+            "blocked",
+            f"from_future: timestamp {plan.timestamp:.3f} is {-age:.0f}s ahead of this host's clock "
+            f"(limit {MAX_FUTURE_S:.0f}s; epoch seconds expected)",
+            "stale",
+        )
+    return None
 
 
 def claim_verdict(claim: ClaimResult) -> Verdict | None:

@@ -9,6 +9,8 @@ GLOBAL_SWITCH_REASON = "quantum:global:kill_switch:reason"
 SYMBOL_SWITCH_PREFIX = "quantum:kill_switch:symbol:"
 PERMIT_PREFIX = "quantum:permit:"
 P33_PERMIT_PREFIX = "quantum:permit:p33:"
+INSTANCE_PREFIX = "quantum:apply:instance:"
+FAILURES = "quantum:apply:failures"  # unexpected failures per entry id, to find poison pills
 # Not in the contract, so named to stay out of the contract's key patterns (`...:symbol:*`).
 SYMBOL_SWITCH_REASON_PREFIX = "quantum:kill_switch:symbol_reason:"
 
@@ -23,6 +25,16 @@ def p33_permit(plan_id: str) -> str:
 
 def dedupe_mark(plan_id: str) -> str:
     return f"quantum:apply:dedupe:{plan_id}"
+
+
+def entry_mark(entry_id: str) -> str:
+    """An entry handled without a plan id of its own (a dead letter, a duplicate): remembered by entry."""
+    return f"quantum:apply:entry:{entry_id}"
+
+
+def instance(consumer_name: str) -> str:
+    """A running service's heartbeat: its mode, version and health, for `status`; expires when it dies."""
+    return f"{INSTANCE_PREFIX}{consumer_name}"
 
 
 def rate_counter(scope: str) -> str:

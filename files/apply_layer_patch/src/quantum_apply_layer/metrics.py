@@ -160,3 +160,15 @@ apply_emergency_close_total = Counter(
     ["status"],
     registry=REGISTRY,
 )
+apply_poison_plans_total = Counter(
+    "apply_poison_plans",
+    "Entries dead-lettered after failing unexpectedly again and again (a bug or a library's surprise), "
+    "by exception.",
+    ["exception"],
+    registry=REGISTRY,
+)
+apply_consumer_group_recreated_total = Counter(
+    "apply_consumer_group_recreated",
+    "Times the plan stream's consumer group was found gone (deleted, or Redis lost its data) and made again.",
+    registry=REGISTRY,
+)

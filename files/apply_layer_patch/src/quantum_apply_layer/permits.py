@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from . import keys
 
@@ -25,9 +25,11 @@ class NotificationsOff(Exception):
 
 
 async def check_notifications(redis: Redis) -> None:
+    """Raises NotificationsOff when Redis answers but cannot serve permit waiting (a setting to fix);
+    a Redis that is down or refuses the login raises RedisError, and start-up waits for it."""
     try:
         config = await redis.config_get("notify-keyspace-events")
-    except RedisError as error:
+    except NoPermissionError as error:
         raise NotificationsOff(
             f"cannot read notify-keyspace-events ({error}); grant the apply layer's Redis user +config|get"
         ) from error

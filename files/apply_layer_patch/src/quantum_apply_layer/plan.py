@@ -47,10 +47,20 @@ DEFAULT_CLOSE_PCT = {
     StepKind.CLOSE_PARTIAL_75: 75.0,
     StepKind.CLOSE_PARTIAL_50: 50.0,
 }
+# The close step each action may take (a stop-loss update may go with any close): a PARTIAL_50 plan
+# closes 50%, never 100%. HOLD takes no step at all.
+ACTION_CLOSE_STEP = {
+    Action.FULL_CLOSE_PROPOSED: StepKind.CLOSE_FULL,
+    Action.PARTIAL_75: StepKind.CLOSE_PARTIAL_75,
+    Action.PARTIAL_50: StepKind.CLOSE_PARTIAL_50,
+}
 REQUIRED_FIELDS = ("plan_id", "symbol", "action", "decision")
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,30}$")
 MAX_PLAN_ID_LENGTH = 200
 MAX_STEPS = 10
+# A list of flat objects is two levels deep; anything deeper is malformed, and is refused before
+# json.loads, whose recursion a deeply nested value would exhaust.
+MAX_STEPS_DEPTH = 3
 E = TypeVar("E", bound=StrEnum)
 
 
@@ -133,6 +143,7 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
     )
     if plan.wants_execution and not plan.steps:
         raise PlanError("no_steps", f"decision EXECUTE with action {action} but no steps")
+    _check_action_matches_steps(action, steps)
     emergency = fields.get("emergency", "").strip().lower()
     if emergency not in {"", "false", "true"}:
         raise PlanError("bad_emergency", f"emergency={emergency!r}: accepted: true, false")
@@ -146,7 +157,53 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
     return plan
 
 
+def _check_action_matches_steps(action: Action, steps: tuple[Step, ...]) -> None:
+    closes = [step for step in steps if step.order_type is OrderType.MARKET_REDUCE_ONLY]
+    if action is Action.HOLD and steps:
+        raise PlanError("action_steps_mismatch", f"action HOLD takes no steps, got {len(steps)}")
+    if action is Action.UPDATE_SL and closes:
+        raise PlanError("action_steps_mismatch", f"action UPDATE_SL cannot close: got {closes[0].kind}")
+    wanted = ACTION_CLOSE_STEP.get(action)
+    if wanted is None:
+        return
+    if len(closes) > 1:
+        raise PlanError("action_steps_mismatch", f"action {action} takes one close step, got {len(closes)}")
+    for step in closes:
+        if step.kind is not wanted:
+            raise PlanError("action_steps_mismatch", f"action {action} closes with {wanted}, not {step.kind}")
+        if step.pct != DEFAULT_CLOSE_PCT[wanted]:
+            raise PlanError(
+                "action_steps_mismatch",
+                f"action {action} closes {DEFAULT_CLOSE_PCT[wanted]:g}%, its step asks {step.pct:g}%",
+            )
+
+
+def _json_depth_exceeds(raw: str, limit: int) -> bool:
+    """True as soon as brackets outside strings nest deeper than limit (a linear scan, no recursion)."""
+    depth = 0
+    in_string = escaped = False
+    for char in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
 def _parse_steps(raw: str) -> tuple[Step, ...]:
+    if _json_depth_exceeds(raw, MAX_STEPS_DEPTH):
+        raise PlanError("steps_too_deep", f"steps nest deeper than {MAX_STEPS_DEPTH} levels")
     try:
         decoded = json.loads(raw) if raw.strip() else []
     except json.JSONDecodeError as error:

@@ -1,17 +1,17 @@
-"""Recording a handled plan: the result entry, the dead letter, the dedupe mark and the ack, in one
-MULTI/EXEC, so a plan is either fully recorded and acknowledged or still pending for a retry."""
+"""Recording a handled plan: the result entry, the dead letter, the mark and the ack, in one atomic
+script (record.lua), so a plan is either fully recorded and acknowledged or still pending for a retry,
+and an entry replayed after it was recorded is never recorded twice."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-from redis.typing import EncodableT, FieldT
-
 from . import keys
+from .entry import text
+from .scripts import Scripts
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Recorder:
-    redis: Redis
+    scripts: Scripts
     group: str
     consumer: str
     mode: str
@@ -55,26 +55,44 @@ class Recorder:
         result: Result,
         duration_s: float,
         claim_mark: Mapping[str, object] | None = None,
-        dead_letter: Mapping[str, str] | None = None,
-    ) -> None:
-        """`claim_mark` is the dedupe mark of a claimed plan; it is kept, marked done, for its TTL."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if dead_letter is not None:
-                pipe.xadd(keys.DLQ_STREAM, _stream_fields(dead_letter))
-            pipe.xadd(
+        dead_letter: Mapping[bytes, bytes] | None = None,
+    ) -> bool:
+        """Record the entry once (record.lua): False when it had been recorded before (a replay).
+
+        Every outcome leaves a mark, kept for the dedupe TTL: the plan id's mark (with the claim's time
+        and permits when it was claimed), or, for a dead letter, whose plan id cannot be trusted, the
+        entry's own mark."""
+        mark = {**(claim_mark or {}), "state": "done", "status": result.status, "owner": entry_id}
+        mark.setdefault("recorded_at", f"{time.time():.6f}")
+        plan_mark = (
+            keys.dedupe_mark(result.plan_id)
+            if result.plan_id and dead_letter is None
+            else keys.entry_mark(entry_id)
+        )
+        result_fields = _flat(result.fields(entry_id, self.consumer, self.mode, duration_s).items())
+        dead_letter_fields = _flat(dead_letter.items()) if dead_letter is not None else []
+        answer = await self.scripts.record(
+            keys=[
                 keys.RESULT_STREAM,
-                _stream_fields(result.fields(entry_id, self.consumer, self.mode, duration_s)),
-                maxlen=self.result_maxlen,
-                approximate=True,
-            )
-            if claim_mark is not None:
-                # A plan id seen again while the mark lives is a duplicate; the claim's time and
-                # permits stay in it for whoever investigates.
-                done = json.dumps({**claim_mark, "state": "done", "status": result.status})
-                pipe.set(keys.dedupe_mark(result.plan_id), done, ex=self.dedupe_ttl_s)
-            pipe.xack(keys.PLAN_STREAM, self.group, entry_id)
-            await pipe.execute()
+                keys.DLQ_STREAM,
+                plan_mark,
+                keys.entry_mark(entry_id),
+                keys.PLAN_STREAM,
+            ],
+            args=[
+                entry_id,
+                self.group,
+                self.result_maxlen,
+                self.dedupe_ttl_s,
+                json.dumps(mark),
+                len(result_fields) // 2,
+                len(dead_letter_fields) // 2,
+                *result_fields,
+                *dead_letter_fields,
+            ],
+        )
+        return text(answer) == "recorded"
 
 
-def _stream_fields(fields: Mapping[str, str]) -> dict[FieldT, EncodableT]:
-    return dict(fields.items())
+def _flat(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> list[str | bytes]:
+    return [item for pair in pairs for item in pair]

@@ -19,6 +19,7 @@ def lua_source(name: str) -> str:
 class Scripts:
     claim: AsyncScript
     set_switch: AsyncScript
+    record: AsyncScript
 
 
 def register_scripts(redis: Redis) -> Scripts:
@@ -26,4 +27,5 @@ def register_scripts(redis: Redis) -> Scripts:
     return Scripts(
         claim=redis.register_script(lua_source("claim.lua")),
         set_switch=redis.register_script(lua_source("set_switch.lua")),
+        record=redis.register_script(lua_source("record.lua")),
     )

@@ -12,15 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from . import gates, keys, metrics
 from .autotrip import AutoTrip
 from .config import Settings
+from .entry import RawFields, decode_entry, printable_name, text
 from .exchange import Exchange, ExchangeError, client_order_id
 from .execution import MismatchClock, StepExecutor, StepOutcome
 from .permits import PermitWatcher, check_notifications
@@ -34,6 +35,11 @@ READ_BLOCK_MS = 1000
 MAX_BACKOFF_S = 1.0
 RESCAN_DELAY_S = 0.2  # before taking up plans left pending, so a failing Redis is not hammered
 RISK_GATES = frozenset({"stale", "rate_global", "rate_symbol"})  # counted in apply_risk_block_total
+# An entry that fails unexpectedly this many times (in any process) is dead-lettered as a poison pill
+# rather than retried forever; the count lives in Redis so a crash loop or a takeover still counts.
+POISON_ATTEMPTS = 3
+POISON_COUNT_TTL_S = 86_400
+Entry = tuple[str, RawFields | None]  # an entry id and its raw fields (None: trimmed before we read it)
 
 
 class RedisUnavailable(Exception):
@@ -50,7 +56,7 @@ class ApplyLayer:
         self.mismatch = MismatchClock()
         self.executor = StepExecutor(exchange, self.mismatch, settings.notional_limit)
         self.recorder = Recorder(
-            redis,
+            self.scripts,
             settings.consumer_group,
             settings.consumer_name,
             settings.mode,
@@ -97,29 +103,56 @@ class ApplyLayer:
             await self.permits.stop()
 
     async def _start(self) -> None:
-        """Wait, without consuming anything, until Redis and the exchange both answer."""
+        """Wait, without consuming anything, until Redis and the exchange both answer. Until then nothing
+        can be claimed, so nothing is sent (fail closed), and apply_redis_up says 0. A Redis that answers
+        without keyspace notifications raises NotificationsOff: a setting to fix, not a wait."""
         delay = 0.05
+        said = ""
         while not self.stopping.is_set():
             try:
                 await check_notifications(self.redis)
                 await self._ensure_group()
                 await self.exchange.open()
+                if said:
+                    log.warning("Redis and the exchange answer: starting")
                 return
             except (RedisError, OSError, ExchangeError) as error:
                 _redis_failed(error)
-                log.warning("waiting for Redis and the exchange: %s", error)
+                waiting_for = _waiting_for(error)
+                if waiting_for != said:  # once per cause, not once per retry
+                    log.warning("waiting, halted (nothing can be claimed): %s", waiting_for)
+                    said = waiting_for
                 await self._sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
-    async def _ensure_group(self) -> None:
+    async def _ensure_group(self) -> bool:
+        """Create the consumer group unless it exists; True when this call created it.
+
+        It starts at the oldest entry the marks can still recognise (APPLY_DEDUPE_TTL_S back), so a
+        group made again after it was lost replays what it may not have handled, and every entry it
+        had handled is only acknowledged again (record.lua, claim.lua): never a second result, never
+        an order for a plan recorded as halted. Older entries are stale for any gate anyway."""
+        now_s, _micro = await self.redis.time()
+        start_ms = max(0, (int(now_s) - self.settings.dedupe_ttl_s) * 1000)
         try:
-            # From the stream's start: every plan gets a result; stale ones are blocked by their age.
             await self.redis.xgroup_create(
-                keys.PLAN_STREAM, self.settings.consumer_group, id="0", mkstream=True
+                keys.PLAN_STREAM, self.settings.consumer_group, id=f"{start_ms}-0", mkstream=True
             )
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
+            return False
+        return True
+
+    async def _group_lost(self) -> None:
+        """The group was deleted, or Redis restarted without its data: make it again at once."""
+        if await self._ensure_group():
+            metrics.apply_consumer_group_recreated_total.inc()
+            log.error(
+                "consumer group %s was gone (deleted, or Redis lost its data); made it again: entries "
+                "already handled are acknowledged, not replayed",
+                self.settings.consumer_group,
+            )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -147,6 +180,20 @@ class ApplyLayer:
                     await self._dispatch_all(await self._read(">", block=READ_BLOCK_MS), recovered=False)
                 metrics.apply_redis_up.set(1)
                 delay = 0.05
+            except ResponseError as error:
+                pending_cursor = "0"
+                if "NOGROUP" not in str(error):
+                    _redis_failed(error)
+                    log.warning("reading plans failed, will retry: %s", error)
+                    await self._sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_S)
+                    continue
+                try:
+                    await self._group_lost()
+                except (RedisError, OSError) as retry_error:
+                    _redis_failed(retry_error)
+                    await self._sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_S)
             except (RedisError, OSError) as error:
                 _redis_failed(error)
                 log.warning("reading plans failed, will retry: %s", error)
@@ -154,7 +201,7 @@ class ApplyLayer:
                 await self._sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
-    async def _read(self, cursor: str, block: int | None) -> list[tuple[str, dict[str, str] | None]]:
+    async def _read(self, cursor: str, block: int | None) -> list[Entry]:
         reply = await self.redis.xreadgroup(
             self.settings.consumer_group,
             self.settings.consumer_name,
@@ -162,13 +209,14 @@ class ApplyLayer:
             count=READ_BATCH,
             block=block,
         )
-        # XREADGROUP answers [[stream, [[id, fields], ...]]]; fields are None for a trimmed entry.
+        # XREADGROUP answers [[stream, [[id, fields], ...]]]; fields are None for a trimmed entry. They
+        # stay bytes here: decoding them is part of handling the plan, inside its own guard.
         streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]], reply or [])
-        entries = []
-        for _stream, stream_entries in streams:
-            for entry_id, fields in stream_entries:
-                entries.append((_text(entry_id), _decode(fields) if fields else None))
-        return entries
+        return [
+            (text(entry_id), fields or None)
+            for _stream, stream_entries in streams
+            for entry_id, fields in stream_entries
+        ]
 
     async def _reclaim_from_dead_consumers(self) -> None:
         """Plans a crashed consumer read but never recorded: take them over and resume them."""
@@ -183,15 +231,15 @@ class ApplyLayer:
                 count=READ_BATCH,
             )
             # XAUTOCLAIM answers [next start, [[id, fields], ...], deleted ids].
-            start, claimed = _text(reply[0]), cast(list[tuple[bytes, dict[bytes, bytes] | None]], reply[1])
-            entries = [(_text(entry_id), _decode(fields) if fields else None) for entry_id, fields in claimed]
+            start, claimed = text(reply[0]), cast(list[tuple[bytes, dict[bytes, bytes] | None]], reply[1])
+            entries = [(text(entry_id), fields or None) for entry_id, fields in claimed]
             if entries:
                 log.warning("reclaimed %d plans from a dead consumer", len(entries))
             await self._dispatch_all(entries, recovered=True)
             if start == "0-0":
                 return
 
-    async def _dispatch_all(self, entries: list[tuple[str, dict[str, str] | None]], recovered: bool) -> None:
+    async def _dispatch_all(self, entries: Sequence[Entry], recovered: bool) -> None:
         for entry_id, fields in entries:
             if entry_id in self._in_flight:
                 continue
@@ -201,8 +249,8 @@ class ApplyLayer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run_entry(self, entry_id: str, fields: dict[str, str] | None, recovered: bool) -> None:
-        symbol = (fields or {}).get("symbol", "").strip()
+    async def _run_entry(self, entry_id: str, fields: RawFields | None, recovered: bool) -> None:
+        symbol = printable_name((fields or {}).get(b"symbol")).strip()
         lock = self._symbol_locks.setdefault(symbol, asyncio.Lock()) if SYMBOL_PATTERN.match(symbol) else None
         try:
             if lock is None:
@@ -213,15 +261,35 @@ class ApplyLayer:
         except RedisUnavailable as error:
             log.warning("plan %s left pending: %s", entry_id, error)
             self._rescan_pending = True
-        except Exception:
-            # A bug must not kill the loop, and must not ack: the plan stays pending for a look.
-            log.exception("plan %s failed unexpectedly and stays pending", entry_id)
+        except Exception as error:
+            # A bug must not kill the loop: the entry is tried again, and after POISON_ATTEMPTS
+            # failures it is dead-lettered with the exception's name instead of blocking its symbol.
+            log.exception("plan %s failed unexpectedly", entry_id)
+            await self._failed_unexpectedly(entry_id, fields, error)
         finally:
             self._in_flight.discard(entry_id)
             self._slots.release()
 
+    async def _failed_unexpectedly(self, entry_id: str, fields: RawFields | None, error: Exception) -> None:
+        started = time.perf_counter()
+        try:
+            failures = await self.redis.hincrby(keys.FAILURES, entry_id, 1)
+            await self.redis.expire(keys.FAILURES, POISON_COUNT_TTL_S)
+            if failures < POISON_ATTEMPTS:
+                self._rescan_pending = True  # taken up again with our other pending plans
+                return
+            name = type(error).__name__
+            metrics.apply_poison_plans_total.labels(name).inc()
+            reason = PlanError("poison", f"{name} in {failures} attempts: {str(error)[:200]}")
+            await self._dead_letter(entry_id, fields or {}, reason, started)
+            await self.redis.hdel(keys.FAILURES, entry_id)
+        except (RedisError, OSError, RedisUnavailable) as redis_error:
+            _redis_failed(redis_error)
+            log.warning("plan %s left pending: %s", entry_id, redis_error)
+            self._rescan_pending = True
+
     # ---- validate, gate, execute, record -------------------------------------------------------
-    async def handle(self, entry_id: str, fields: dict[str, str] | None, recovered: bool) -> None:
+    async def handle(self, entry_id: str, fields: RawFields | None, recovered: bool) -> None:
         started = time.perf_counter()
         if recovered and not await self._still_pending(entry_id):
             return
@@ -229,7 +297,7 @@ class ApplyLayer:
             await self._record(entry_id, Result("", "", "dead_letter", "entry_deleted: no fields"), started)
             return
         try:
-            plan = parse_plan(fields)
+            plan = parse_plan(decode_entry(fields))
         except PlanError as error:
             await self._dead_letter(entry_id, fields, error, started)
             return
@@ -256,7 +324,15 @@ class ApplyLayer:
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
 
-        outcomes = await self._execute(plan, entry_id, claim, resumed=recovered or claim.kind == "resume")
+        outcomes: list[StepOutcome] = []
+        try:
+            await self._execute(plan, entry_id, claim, outcomes, resumed=recovered or claim.kind == "resume")
+        except RedisUnavailable:
+            raise  # the claim stays, and the plan resumes with a lookup once Redis answers
+        except Exception as error:
+            # Whatever broke, orders may be out: the result says which steps were sent and what failed.
+            log.exception("plan %s: step %d failed unexpectedly", plan.plan_id, len(outcomes))
+            outcomes.append(await self.executor.settle_unexpected(plan, len(outcomes), error))
         result = _result_of(plan, outcomes)
         await self._record(entry_id, result, started, claim_mark=claim.mark)
         if plan.emergency:
@@ -348,9 +424,14 @@ class ApplyLayer:
         return gates.ClaimResult.from_script(reply)
 
     async def _execute(
-        self, plan: Plan, entry_id: str, claim: gates.ClaimResult, resumed: bool
-    ) -> list[StepOutcome]:
-        outcomes: list[StepOutcome] = []
+        self,
+        plan: Plan,
+        entry_id: str,
+        claim: gates.ClaimResult,
+        outcomes: list[StepOutcome],
+        resumed: bool,
+    ) -> None:
+        """One outcome per step tried, appended as each settles (so a failure keeps the earlier ones)."""
         for index in range(len(plan.steps)):
             if index > 0:
                 # A halt set while earlier steps were sending stops the steps not yet sent.
@@ -364,29 +445,34 @@ class ApplyLayer:
             outcomes.append(outcome)
             if outcome.status in {"rejected", "error", "blocked"}:
                 break  # fail closed: later steps assumed this one worked
-        return outcomes
 
-    async def _dead_letter(
-        self, entry_id: str, fields: Mapping[str, str], error: PlanError, started: float
-    ) -> None:
-        metrics.apply_dead_letters_total.labels(error.reason).inc()
+    async def _dead_letter(self, entry_id: str, fields: RawFields, error: PlanError, started: float) -> None:
+        """The entry goes to the dead-letter stream byte for byte, plus `dlq_reason`."""
         log.warning("plan %s dead-lettered: %s", entry_id, error)
-        result = Result(fields.get("plan_id", ""), fields.get("symbol", ""), "dead_letter", str(error))
-        await self._record(entry_id, result, started, dead_letter={**fields, "dlq_reason": str(error)})
+        result = Result(
+            printable_name(fields.get(b"plan_id")),
+            printable_name(fields.get(b"symbol")),
+            "dead_letter",
+            str(error),
+        )
+        dead_letter = {**fields, b"dlq_reason": str(error).encode()}
+        if await self._record(entry_id, result, started, dead_letter=dead_letter):
+            metrics.apply_dead_letters_total.labels(error.reason).inc()
 
     async def _record(
         self,
         entry_id: str,
         result: Result,
         started: float,
-        claim_mark: Mapping[str, object] | None = None,
-        dead_letter: Mapping[str, str] | None = None,
-    ) -> None:
-        """Retried until Redis takes it: once an order went out, its result must not be lost."""
+        claim_mark: dict[str, object] | None = None,
+        dead_letter: RawFields | None = None,
+    ) -> bool:
+        """Retried until Redis takes it: once an order went out, its result must not be lost.
+        False when the entry had been recorded before (a replay): nothing is counted twice."""
         delay = 0.05
         while True:
             try:
-                await self.recorder.record(
+                recorded = await self.recorder.record(
                     entry_id, result, time.perf_counter() - started, claim_mark, dead_letter
                 )
                 break
@@ -397,12 +483,16 @@ class ApplyLayer:
                 log.warning("recording plan %s failed, retrying: %s", result.plan_id, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
+        if not recorded:
+            log.info("entry %s had been recorded before (replayed); acknowledged only", entry_id)
+            return False
         metrics.apply_executed_total.labels(result.status).inc()
         metrics.apply_plan_duration_seconds.observe(time.perf_counter() - started)
         log.info(
             "plan handled",
             extra={"plan_id": result.plan_id, "status": result.status, "reason": result.reason},
         )
+        return True
 
 
 def _result_of(plan: Plan, outcomes: list[StepOutcome]) -> Result:
@@ -444,15 +534,15 @@ def _label(reason: str) -> str:
     return cleaned or "unspecified"
 
 
+def _waiting_for(error: BaseException) -> str:
+    if isinstance(error, AuthenticationError):
+        return f"Redis refused the login ({error}): check the user and password in REDIS_URL"
+    if isinstance(error, RedisError | OSError):
+        return f"Redis does not answer ({error}): is it up, and is REDIS_URL right?"
+    return f"the exchange does not answer ({error}): is APPLY_EXCHANGE_URL right and reachable?"
+
+
 def _redis_failed(error: BaseException) -> None:
     if isinstance(error, RedisError | OSError):
         metrics.apply_redis_up.set(0)
         metrics.apply_redis_errors_total.inc()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _decode(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, str]:
-    return {_text(key): _text(value) for key, value in fields.items()}
