@@ -29,22 +29,25 @@ def plan_fields(
     }
 
 
+def permits(plan_id: str, safe_close_qty: float = 0.01, position: float = 0.5) -> dict[str, str]:
+    """Both permits as the risk governor and the position brain write them: key -> JSON."""
+    p33 = {
+        "allow": True,
+        "safe_close_qty": safe_close_qty,
+        "exchange_position_amt": position,
+        "reason": "test",
+    }
+    return {
+        keys.governor_permit(plan_id): json.dumps({"granted": True}),
+        keys.p33_permit(plan_id): json.dumps(p33),
+    }
+
+
 async def grant_permits(
     redis: Redis, plan_id: str, safe_close_qty: float = 0.01, position: float = 0.5, ttl: int = 60
 ) -> None:
-    await redis.set(keys.governor_permit(plan_id), json.dumps({"granted": True}), ex=ttl)
-    await redis.set(
-        keys.p33_permit(plan_id),
-        json.dumps(
-            {
-                "allow": True,
-                "safe_close_qty": safe_close_qty,
-                "exchange_position_amt": position,
-                "reason": "test",
-            }
-        ),
-        ex=ttl,
-    )
+    for key, value in permits(plan_id, safe_close_qty, position).items():
+        await redis.set(key, value, ex=ttl)
 
 
 async def add_plan(redis: Redis, plan_id: str, permits: bool = True, **fields: str) -> str:

@@ -37,7 +37,7 @@ class ServiceProcess:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [self.script, "--env-file", "/nonexistent", "run"],
+                [self.script, "--no-env-file", "run"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

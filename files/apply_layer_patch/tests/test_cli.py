@@ -23,7 +23,7 @@ SCRIPT = str(Path(sys.executable).parent / "quantum-apply-layer")
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [SCRIPT, "--env-file", "/nonexistent", *args],
+        [SCRIPT, "--no-env-file", *args],
         env={"PATH": os.environ["PATH"], **env},
         capture_output=True,
         text=True,
@@ -63,7 +63,9 @@ def test_run_refuses_testnet_pointed_at_production() -> None:
         BINANCE_API_SECRET="s",
     )
     assert done.returncode == 2
-    assert "testnet may only reach a sandbox" in done.stderr
+    [line] = done.stdout.splitlines()  # one JSON log line, as the journal gets it; no traceback
+    assert "testnet may only reach a sandbox" in json.loads(line)["msg"]
+    assert done.stderr == ""
 
 
 def flush(server: RedisServer) -> None:
@@ -78,12 +80,15 @@ def test_kill_and_status(redis_server: RedisServer) -> None:
     assert "global: running (absent) -> halted (true)" in done.stdout
     assert cli("kill", "reduce-only", "--symbol", "ETHUSDT", "--reason", "wind down", **env).returncode == 0
     status = json.loads(cli("status", "--json", **env).stdout)
-    assert status["mode"] == "production"
+    assert status["cli_mode"] == "production"
+    assert status["mode"].startswith("production (no service running")
+    assert status["instances"] == []
     assert status["switch"]["global"] == {"state": "halted", "value": "true", "reason": "INC-1 test"}
     assert status["switch"]["symbols"]["ETHUSDT"]["state"] == "reduce_only"
     assert [entry["who"] for entry in status["audit"]][-1] == "alice"
     text = cli("status", **env).stdout
     assert "kill switch (global): halted" in text
+    assert "services: NONE LIVE: no apply layer is reading the plan stream" in text
     assert cli("kill", "off", "--reason", "", **env).returncode == 2  # a reason is required
     assert cli("kill", "on", "--symbol", "eth/usdt", "--reason", "x", **env).returncode == 2
 

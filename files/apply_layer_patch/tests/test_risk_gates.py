@@ -107,8 +107,7 @@ async def test_auto_trip_latches_across_a_restart_until_an_operator_resumes(
             subprocess.run,
             [
                 SCRIPT,
-                "--env-file",
-                "/nonexistent",
+                "--no-env-file",
                 "kill",
                 "off",
                 "--reason",
@@ -136,7 +135,7 @@ async def test_auto_trip_latches_across_a_restart_until_an_operator_resumes(
 async def emergency(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
-        [SCRIPT, "--env-file", "/nonexistent", "emergency-close", *args, "--who", "carol", "--wait", "15"],
+        [SCRIPT, "--no-env-file", "emergency-close", *args, "--who", "carol", "--wait", "15"],
         env={**os.environ, "REDIS_URL": redis_url},
         capture_output=True,
         text=True,

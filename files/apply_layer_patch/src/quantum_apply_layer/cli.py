@@ -10,33 +10,59 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
+import math
+import os
 import socket
 import sys
+import textwrap
 from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from .config import DEFAULT_ENV_FILE, ConfigError, Settings, load_credentials, load_settings, process_env
+from .config import (
+    DEFAULT_ENV_FILE,
+    ConfigError,
+    Settings,
+    check_listen_address,
+    load_credentials,
+    load_settings,
+    process_env,
+    setting_names,
+)
+from .exits import EXIT_CONFIG, EXIT_PENDING, EXIT_REDIS, EXIT_REFUSED, EXIT_UNCONFIRMED
 from .logs import configure_logging
 from .plan import SYMBOL_PATTERN
 from .status import collect_status, render_status
 from .switch import COMMAND_VALUES, parse_switch, set_switch
 
-EXIT_CONFIG = 2
-EXIT_REDIS = 3
-EXIT_REFUSED = 4  # an emergency close the service refused (no position, wrong side, ...)
-EXIT_PENDING = 5  # an emergency close with no result within --wait
-EXIT_UNCONFIRMED = 6  # a switch set on the primary that no replica confirmed: a failover could lose it
+EPILOG = """exit codes:
+  0  done
+  2  configuration error: the message names the variable (or option) and what it accepts
+  3  Redis cannot be used: down, login refused, or a setting missing (notify-keyspace-events)
+  4  emergency-close refused by the service (the reason is printed)
+  5  emergency-close: no result within --wait
+  6  kill: set on the primary, but no replica confirmed it (run it again)
+
+environment (read once at start; the env file's lines under the process environment):
+  {names}
+  BINANCE_API_KEY, BINANCE_API_SECRET: from $CREDENTIALS_DIRECTORY (systemd LoadCredential=), else
+  the environment; never from the env file.
+"""
+
 SWITCH_WAIT_MS = 2000
+MAX_REASON_CHARS = 500
+MAX_WAIT_S = 3600.0
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
     try:
-        env = process_env(args.env_file)
+        env = _environment(args)
         settings = load_settings(env)
-        if args.command == "run":
-            return _run(settings, env)
         if args.command == "check-config":
             return _check_config(settings, env)
         if args.command == "status":
@@ -54,14 +80,30 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REDIS
 
 
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    if args.no_env_file:
+        return process_env(None, required=False)
+    if args.env_file is not None:
+        return process_env(args.env_file, required=True)
+    return process_env(DEFAULT_ENV_FILE, required=False)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quantum-apply-layer", description=__doc__)
-    parser.add_argument(
+    names = textwrap.fill(", ".join(sorted(setting_names())), width=96, subsequent_indent="  ")
+    parser = argparse.ArgumentParser(
+        prog="quantum-apply-layer",
+        description=__doc__,
+        epilog=EPILOG.format(names=names),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    files = parser.add_mutually_exclusive_group()
+    files.add_argument(
         "--env-file",
         type=Path,
-        default=DEFAULT_ENV_FILE,
-        help="KEY=VALUE file read under the process environment (default: %(default)s, if present)",
+        help=f"KEY=VALUE file read under the process environment; it must exist "
+        f"(default: {DEFAULT_ENV_FILE}, read if present)",
     )
+    files.add_argument("--no-env-file", action="store_true", help="read the process environment only")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="consume plans and execute them through every gate")
     commands.add_parser("check-config", help="print the parsed configuration (secrets masked)")
@@ -70,14 +112,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--audit", type=int, default=5, help="how many audit entries to show")
     kill = commands.add_parser("kill", help="set the kill switch (global, or one symbol)")
     kill.add_argument("state", choices=sorted(COMMAND_VALUES), help="on halts, off resumes")
-    kill.add_argument("--reason", required=True, help="who asks and why (kept with the audit entry)")
+    kill.add_argument("--reason", required=True, type=_reason, help="who asks and why (kept in the audit)")
     kill.add_argument("--symbol", help="one symbol's switch, e.g. ETHUSDT; the stricter of the two wins")
-    kill.add_argument("--who", default=_default_who(), help="recorded in the audit (default: %(default)s)")
+    kill.add_argument(
+        "--who", type=_reason, default=_default_who(), help="recorded in the audit (default: %(default)s)"
+    )
     emergency = commands.add_parser(
         "emergency-close", help="close one open position while halted (reduce-only, audited, once)"
     )
     emergency.add_argument("symbol", help="e.g. BTCUSDT")
-    emergency.add_argument("--reason", required=True, help="who asks and why (kept with the audit entry)")
+    emergency.add_argument(
+        "--reason", required=True, type=_reason, help="who asks and why (kept in the audit)"
+    )
     emergency.add_argument(
         "--side",
         type=str.upper,
@@ -86,24 +132,67 @@ def _parser() -> argparse.ArgumentParser:
         help="the closing side you expect: SELL closes a long, BUY a short; refused if the exchange differs",
     )
     emergency.add_argument(
-        "--who", default=_default_who(), help="recorded in the audit (default: %(default)s)"
+        "--who", type=_reason, default=_default_who(), help="recorded in the audit (default: %(default)s)"
     )
-    emergency.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the result")
+    emergency.add_argument(
+        "--wait", type=_wait_seconds, default=15.0, help="seconds to wait for the result (up to 3600)"
+    )
     return parser
 
 
-def _run(settings: Settings, env: dict[str, str]) -> int:
-    from .runtime import serve  # imports ccxt: only the command that trades pays for it
+def _reason(raw: str) -> str:
+    """Free text that ends up in Redis, the audit and operators' terminals: short and printable."""
+    reason = raw.strip()
+    if not reason:
+        raise argparse.ArgumentTypeError("empty: say who asks and why")
+    if len(reason) > MAX_REASON_CHARS:
+        raise argparse.ArgumentTypeError(f"{len(reason)} characters, at most {MAX_REASON_CHARS}")
+    if not reason.isprintable():
+        raise argparse.ArgumentTypeError("control characters (escape codes, new lines) are not accepted")
+    return reason
 
-    credentials = load_credentials(env)
-    configure_logging(settings.log_format)
-    asyncio.run(serve(settings, credentials))
+
+def _wait_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r}: accepted: seconds, more than 0 and at most {MAX_WAIT_S:g}"
+        )
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The service. Every fatal start-up error is one log line (JSON unless APPLY_LOG_FORMAT=kv) naming
+    the setting and the fix, and an exit code from --help; no traceback for what a user can cause."""
+    from .runtime import StartupError, serve  # imports ccxt: only the command that trades pays for it
+
+    requested = os.environ.get("APPLY_LOG_FORMAT", "json").strip().lower()
+    configure_logging("kv" if requested == "kv" else "json")
+    try:
+        env = _environment(args)
+        settings = load_settings(env)
+        credentials = load_credentials(env)
+        configure_logging(settings.log_format)
+        asyncio.run(serve(settings, credentials))
+    except ConfigError as error:
+        log.error("configuration error: %s", error, extra={"exit_code": EXIT_CONFIG})
+        return EXIT_CONFIG
+    except StartupError as error:
+        log.error("cannot start: %s", error, extra={"exit_code": error.exit_code})
+        return error.exit_code
     return 0
 
 
 def _check_config(settings: Settings, env: dict[str, str]) -> int:
+    """Everything `run` would refuse, refused here too (the deploy validates the env file with it)."""
     for key, value in settings.describe().items():
         print(f"{key}={value}")
+    busy = check_listen_address(settings.metrics_addr, settings.metrics_port)
+    if busy:
+        print(f"warning: {busy}", file=sys.stderr)
     try:
         credentials = load_credentials(env)
     except ConfigError as error:
@@ -131,8 +220,6 @@ async def _kill(settings: Settings, state: str, reason: str, symbol: str | None,
 
     if symbol is not None and not SYMBOL_PATTERN.match(symbol):
         raise ConfigError(f"--symbol {symbol!r}: accepted: an exchange symbol such as ETHUSDT")
-    if not reason.strip():
-        raise ConfigError("--reason is empty: say who asks and why")
     redis = connect_redis(settings)
     try:
         change = await set_switch(redis, register_scripts(redis), state, reason, who, symbol)
@@ -164,8 +251,6 @@ async def _emergency_close(
 
     if not SYMBOL_PATTERN.match(symbol):
         raise ConfigError(f"symbol {symbol!r}: accepted: an exchange symbol such as BTCUSDT")
-    if not reason.strip():
-        raise ConfigError("--reason is empty: say who asks and why")
     redis = connect_redis(settings)
     try:
         plan_id, after = await request_emergency_close(redis, symbol, side, reason.strip(), who)

@@ -6,6 +6,9 @@ a trading gate that guesses what an operator meant is a trading gate nobody can 
 
 from __future__ import annotations
 
+import difflib
+import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -18,6 +21,10 @@ PRODUCTION_EXCHANGE_URL = "https://fapi.binance.com"
 TESTNET_EXCHANGE_URL = "https://testnet.binancefuture.com"
 SANDBOX_HOSTS = frozenset({"testnet.binancefuture.com"})
 DEFAULT_ENV_FILE = Path("/etc/quantum/apply-layer.env")
+CREDENTIAL_NAMES = ("BINANCE_API_KEY", "BINANCE_API_SECRET")
+MAX_REDIS_DB = 15  # Redis serves databases 0 to 15 unless `databases` says otherwise
+# Variables with these prefixes are this service's: an unknown one is a typo, never ignored.
+OWN_PREFIXES = ("APPLY_", "REDIS_", "TESTNET")
 
 
 class ConfigError(Exception):
@@ -116,8 +123,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     )
     _check_exchange_url(exchange_url, testnet)
     redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0").strip()
-    if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
-        raise ConfigError(f"REDIS_URL={redis_url!r}: accepted: redis://, rediss:// or unix:// URLs")
+    _check_redis_url(redis_url)
     sentinels = _sentinels(env.get("REDIS_SENTINELS", ""))
     log_format = env.get("APPLY_LOG_FORMAT", "json").strip().lower()
     if log_format not in {"json", "kv"}:
@@ -126,7 +132,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         testnet=testnet,
         redis_url=redis_url,
         exchange_url=exchange_url.rstrip("/"),
-        metrics_addr=env.get("APPLY_METRICS_ADDR", "0.0.0.0").strip(),  # noqa: S104 - Prometheus scrapes it
+        metrics_addr=_address(env, "APPLY_METRICS_ADDR", "0.0.0.0"),  # noqa: S104 - Prometheus scrapes it
         metrics_port=_int(env, "APPLY_METRICS_PORT", 8000, 0, 65535),
         permit_timeout_s=_int(env, "APPLY_PERMIT_TIMEOUT_MS", 2000, 1, 600_000) / 1000,
         exchange_timeout_s=_int(env, "APPLY_EXCHANGE_TIMEOUT_MS", 5000, 100, 60_000) / 1000,
@@ -157,7 +163,7 @@ def load_credentials(env: Mapping[str, str]) -> Credentials:
     directory = env.get("CREDENTIALS_DIRECTORY")
     if directory:
         values = {}
-        for name in ("BINANCE_API_KEY", "BINANCE_API_SECRET"):
+        for name in CREDENTIAL_NAMES:
             path = Path(directory) / name
             try:
                 values[name] = path.read_text(encoding="utf-8").strip()
@@ -165,7 +171,7 @@ def load_credentials(env: Mapping[str, str]) -> Credentials:
                 raise ConfigError(f"{name}: cannot read credential {path}: {error.strerror}") from error
         source = f"credentials directory {directory}"
     else:
-        values = {name: env.get(name, "").strip() for name in ("BINANCE_API_KEY", "BINANCE_API_SECRET")}
+        values = {name: env.get(name, "").strip() for name in CREDENTIAL_NAMES}
         source = "environment"
     for name, value in values.items():
         if not value:
@@ -177,17 +183,78 @@ def load_credentials(env: Mapping[str, str]) -> Credentials:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (comments and blanks skipped)."""
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (comments and blanks skipped), refusing
+    what systemd and this parser could read differently, and every key this service does not know."""
+    try:
+        content = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the env file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        bad_line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{bad_line}: not UTF-8 text (byte {error.object[error.start]:#04x})"
+        ) from None
     values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(content.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
+        where = f"{path}:{number}"
+        if line.startswith("export "):
+            raise ConfigError(
+                f"{where}: write KEY=VALUE without `export` (systemd's EnvironmentFile= format)"
+            )
         key, sep, value = line.partition("=")
-        if not sep:
-            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
-        values[key.strip()] = value.strip().strip('"').strip("'")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{where}: expected KEY=VALUE, got {line[:80]!r}")
+        if key in values:
+            raise ConfigError(f"{where}: {key} is set twice; keep one line")
+        _check_known_key(key, where)
+        values[key] = value.strip().strip('"').strip("'")
     return values
+
+
+@functools.cache
+def setting_names() -> frozenset[str]:
+    """Every variable the service reads, from the one place that reads them (Settings.describe)."""
+    return frozenset(load_settings({}).describe()) - {"mode"}
+
+
+def _check_known_key(key: str, where: str) -> None:
+    if key in CREDENTIAL_NAMES:
+        raise ConfigError(
+            f"{where}: {key} does not belong in the env file: pass exchange credentials with systemd's "
+            f"LoadCredential={key}:<root-only file>"
+        )
+    if key.startswith(OWN_PREFIXES) and key not in setting_names():
+        close = difflib.get_close_matches(key, sorted(setting_names()), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{where}: unknown setting {key}{hint}")
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """The process environment's own variables (APPLY_*, TESTNET*) must be known ones too: a misspelt
+    APPLY_MAX_NOTIONAL_USD would otherwise leave trading without its cap, silently."""
+    for key in env:
+        if key.startswith(("APPLY_", "TESTNET")):
+            _check_known_key(key, "environment")
+
+
+def check_listen_address(addr: str, port: int) -> str | None:
+    """Bind the metrics address as `run` will: an error for an address this host does not have, a
+    warning (returned) for a port already in use, which is normal while the service itself runs."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((addr, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"APPLY_METRICS_PORT={port}: in use on {addr} (by the running service?)"
+            raise ConfigError(
+                f"APPLY_METRICS_ADDR={addr} APPLY_METRICS_PORT={port}: cannot listen: {error.strerror}"
+            ) from None
+    return None
 
 
 def mask_url_password(url: str) -> str:
@@ -239,6 +306,42 @@ def _check_exchange_url(url: str, testnet: bool) -> None:
         )
 
 
+def _check_redis_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"REDIS_URL={mask_url_password(url)!r}: accepted: redis://, rediss:// or unix:// URLs"
+        )
+    if parts.scheme == "unix":
+        return
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(
+            f"REDIS_URL={mask_url_password(url)!r}: the port must be a number from 1 to 65535"
+        ) from None
+    if not parts.hostname or port == 0:
+        raise ConfigError(
+            f"REDIS_URL={mask_url_password(url)!r}: accepted: redis://user:password@host:port/db"
+        )
+    db = parts.path.lstrip("/")
+    if db and not (db.isdigit() and int(db) <= MAX_REDIS_DB):
+        raise ConfigError(
+            f"REDIS_URL={mask_url_password(url)!r}: the database must be a number from 0 to {MAX_REDIS_DB}"
+        )
+
+
+def _address(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r}: accepted values: an IP address of this host, e.g. 10.0.0.5 or 127.0.0.1"
+        ) from None
+    return value
+
+
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -266,7 +369,7 @@ def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
 def _notional_limits(raw: str) -> tuple[tuple[str, float], ...]:
     """`BTCUSDT=50000,ETHUSDT=20000,*=10000`: USDT per order, per symbol, `*` for the others."""
     accepted = "accepted: SYMBOL=USDT pairs separated by commas, e.g. BTCUSDT=50000,*=10000"
-    limits = []
+    limits: list[tuple[str, float]] = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         symbol, sep, amount = item.partition("=")
         symbol = symbol.strip()
@@ -276,6 +379,8 @@ def _notional_limits(raw: str) -> tuple[tuple[str, float], ...]:
             value = -1.0
         if not sep or not (symbol == "*" or symbol.isalnum()) or not 0 < value < 1e12:
             raise ConfigError(f"APPLY_MAX_NOTIONAL_USDT: {item!r}: {accepted}")
+        if symbol.upper() in {seen for seen, _limit in limits}:
+            raise ConfigError(f"APPLY_MAX_NOTIONAL_USDT: {symbol} is given twice; give each symbol once")
         limits.append((symbol.upper(), value))
     return tuple(limits)
 
@@ -287,8 +392,12 @@ def _name(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
-def process_env(env_file: Path | None) -> dict[str, str]:
-    """The process environment over the env file's values: what the CLI runs with."""
-    merged = read_env_file(env_file) if env_file is not None and env_file.is_file() else {}
+def process_env(env_file: Path | None, required: bool) -> dict[str, str]:
+    """The process environment over the env file's values: what the CLI runs with. A file named on the
+    command line must exist (`required`); the default one is read when it is there."""
+    merged: dict[str, str] = {}
+    if env_file is not None and (required or env_file.exists()):
+        merged = read_env_file(env_file)
+    check_environment(os.environ)
     merged.update(os.environ)
     return merged

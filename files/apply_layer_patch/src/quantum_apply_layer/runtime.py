@@ -16,10 +16,20 @@ from redis.asyncio.sentinel import Sentinel
 from . import __version__, metrics
 from .config import Credentials, Settings
 from .exchange import Exchange
+from .exits import EXIT_CONFIG, EXIT_REDIS
 from .monitor import Monitor, Notifier
+from .permits import NotificationsOff
 from .service import ApplyLayer
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The service cannot start until an operator changes something; `exit_code` is from --help."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -71,14 +81,21 @@ def publish_build_info(settings: Settings) -> None:
 
 async def serve(settings: Settings, credentials: Credentials) -> None:
     publish_build_info(settings)
-    start_http_server(settings.metrics_port, settings.metrics_addr, registry=metrics.REGISTRY)
+    try:
+        start_http_server(settings.metrics_port, settings.metrics_addr, registry=metrics.REGISTRY)
+    except OSError as error:
+        raise StartupError(
+            EXIT_CONFIG,
+            f"APPLY_METRICS_ADDR={settings.metrics_addr} APPLY_METRICS_PORT={settings.metrics_port}: cannot "
+            f"listen ({error.strerror}): free the port or choose another",
+        ) from None
     redis = connect_redis(settings)
     exchange = Exchange(
         settings.exchange_url, credentials.api_key, credentials.api_secret, settings.exchange_timeout_s
     )
     service = ApplyLayer(settings, redis, exchange)
     notify = Notifier()
-    monitor = Monitor(redis, settings.consumer_group, service.mismatch, notify, service.autotrip())
+    monitor = Monitor(redis, settings, service.mismatch, notify, service.autotrip())
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -91,6 +108,8 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
     notify("READY=1")
     try:
         await run_task
+    except NotificationsOff as error:
+        raise StartupError(EXIT_REDIS, str(error)) from None
     finally:
         service.stop()
         await monitor_task

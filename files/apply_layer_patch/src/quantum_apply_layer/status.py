@@ -1,7 +1,13 @@
-"""What `quantum-apply-layer status` shows: mode, switches with reasons, stream lag, last execution,
-and the latest switch changes from the audit stream."""
+"""What `quantum-apply-layer status` shows: the running services as they report themselves (mode,
+version, health), switches with reasons, stream lag, last execution, and the latest switch changes.
+
+The mode and health come from the services' own heartbeats in Redis, not from the environment of the
+shell that runs `status`: an operator must see what trades, not what the CLI would do.
+"""
 
 from __future__ import annotations
+
+import time
 
 from redis.asyncio import Redis
 
@@ -20,8 +26,11 @@ async def collect_status(redis: Redis, settings: Settings, audit_count: int) -> 
     recent = await redis.xrevrange(keys.RESULT_STREAM, count=RECENT_RESULTS) or []
     results = [{_text(k): _text(v) for k, v in (fields or {}).items()} for _id, fields in recent]
     executed = next((r for r in results if r.get("status") in {"executed", "partial"}), None)
+    instances = await _instances(redis, settings.consumer_group)
     return {
-        "mode": settings.mode,
+        "instances": instances,
+        "mode": _service_mode(instances, settings.mode),
+        "cli_mode": settings.mode,
         "exchange_url": settings.exchange_url,
         "switch": {
             "global": {
@@ -41,9 +50,11 @@ async def collect_status(redis: Redis, settings: Settings, audit_count: int) -> 
         "plan_stream": {
             "length": await redis.xlen(keys.PLAN_STREAM),
             "group": settings.consumer_group,
+            "group_exists": group is not None,
             "lag": _int(group.get("lag")) if group else None,
             "pending": _int(group.get("pending")) if group else None,
             "consumers": _int(group.get("consumers")) if group else None,
+            "live_consumers": len(instances),
         },
         "dead_letters": await redis.xlen(keys.DLQ_STREAM),
         "last_result": results[0] if results else None,
@@ -52,48 +63,116 @@ async def collect_status(redis: Redis, settings: Settings, audit_count: int) -> 
     }
 
 
-def render_status(status: dict[str, object]) -> str:
+async def _instances(redis: Redis, group: str) -> list[dict[str, str]]:
+    """The services whose heartbeat has not expired, i.e. alive and reaching Redis, for this group."""
+    found = []
+    async for key in redis.scan_iter(match=f"{keys.INSTANCE_PREFIX}*", count=100):
+        fields = {_text(k): _text(v) for k, v in (await redis.hgetall(key)).items()}
+        if fields and fields.get("group") == group:
+            found.append(fields)
+    return sorted(found, key=lambda fields: fields.get("consumer", ""))
+
+
+def _service_mode(instances: list[dict[str, str]], cli_mode: str) -> str:
+    """The mode the services report; `mixed` when they disagree; the CLI's only when none runs."""
+    modes = {instance.get("mode", "") for instance in instances}
+    if not modes:
+        return f"{cli_mode} (no service running; this is the CLI's own setting)"
+    return modes.pop() if len(modes) == 1 else "mixed: " + ", ".join(sorted(modes))
+
+
+def render_status(status: dict[str, object], now: float | None = None) -> str:
+    now = time.time() if now is None else now
     switch = status["switch"]
+    instances = status["instances"]
+    stream = status["plan_stream"]
     assert isinstance(switch, dict)
-    lines = [f"mode: {status['mode']} (exchange {status['exchange_url']})"]
+    assert isinstance(instances, list)
+    assert isinstance(stream, dict)
+    lines = [f"mode: {status['mode']} (exchange {_safe(status['exchange_url'])})"]
+    if not instances:
+        lines.append("services: NONE LIVE: no apply layer is reading the plan stream (no heartbeat in 10 s)")
+    for instance in instances:
+        lines.append(
+            f"service {_safe(instance.get('consumer'))} on {_safe(instance.get('host'))}: "
+            f"{instance.get('mode')}, version {_safe(instance.get('version'))}, "
+            f"exchange {'up' if instance.get('exchange_up') == '1' else 'DOWN'}, "
+            f"seen {_ago(instance.get('seen_at'), now)}, started {_when(instance.get('started_at'), now)}"
+        )
     g = switch["global"]
-    lines.append(f"kill switch (global): {g['state']}  value={g['value']!r}  reason={g['reason']!r}")
+    lines.append(
+        f"kill switch (global): {g['state']}  value={_safe(g['value'])}  reason={_safe(g['reason'])}"
+    )
     for symbol, reading in switch["symbols"].items():
         lines.append(
-            f"kill switch ({symbol}): {reading['state']}  value={reading['value']!r}  "
-            f"reason={reading['reason']!r}"
+            f"kill switch ({symbol}): {reading['state']}  value={_safe(reading['value'])}  "
+            f"reason={_safe(reading['reason'])}"
         )
-    stream = status["plan_stream"]
-    assert isinstance(stream, dict)
-    lines.append(
-        f"plan stream: length={stream['length']} group={stream['group']} lag={stream['lag']} "
-        f"pending={stream['pending']} consumers={stream['consumers']}"
-    )
+    if not stream["group_exists"]:
+        lines.append(
+            f"plan stream: length={stream['length']}; consumer group {stream['group']} does NOT exist "
+            "(a running service makes it again at once)"
+        )
+    else:
+        lines.append(
+            f"plan stream: length={stream['length']} group={stream['group']} lag={stream['lag']} "
+            f"pending={stream['pending']} consumers={stream['consumers']} (live: {stream['live_consumers']})"
+        )
     lines.append(f"dead letters: {status['dead_letters']}")
-    lines.append(f"last result: {_brief(status['last_result'])}")
-    lines.append(f"last execution: {_brief(status['last_execution'])}")
+    lines.append(f"last result: {_brief(status['last_result'], now)}")
+    lines.append(f"last execution: {_brief(status['last_execution'], now)}")
     audit = status["audit"]
     assert isinstance(audit, list)
     lines.append("recent switch changes:" if audit else "recent switch changes: none")
     for entry in audit:
         change = entry.get("action") or f"{entry.get('old_state')} -> {entry.get('new_state')}"
         lines.append(
-            f"  {entry['time']} {entry.get('scope')}: {change} by {entry.get('who')}: {entry.get('reason')}"
+            f"  {entry['time']} {_safe(entry.get('scope'))}: {_safe(change)} by {_safe(entry.get('who'))}: "
+            f"{_safe(entry.get('reason'))}"
         )
     return "\n".join(lines)
 
 
-def _brief(result: object) -> str:
+def _brief(result: object, now: float) -> str:
     if not isinstance(result, dict):
         return "none"
     return (
-        f"plan {result.get('plan_id')} {result.get('symbol')} {result.get('status')} "
-        f"{result.get('reason') or ''} orders={result.get('order_ids') or '-'} at ts={result.get('ts')}"
+        f"plan {_safe(result.get('plan_id'))} {_safe(result.get('symbol'))} {result.get('status')} "
+        f"{_safe(result.get('reason') or '')} orders={_safe(result.get('order_ids') or '-')} "
+        f"at {_when(result.get('ts'), now)}"
     )
 
 
+def _when(epoch: object, now: float) -> str:
+    """`2026-11-27T12:00:00Z (3m ago)`: a time an operator reads without converting it."""
+    try:
+        at = float(str(epoch))
+    except ValueError:
+        return "unknown"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(at))} ({_ago(at, now)})"
+
+
+def _ago(epoch: object, now: float) -> str:
+    try:
+        seconds = now - float(str(epoch))
+    except ValueError:
+        return "unknown"
+    if seconds < 120:
+        return f"{max(seconds, 0):.1f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _safe(value: object, limit: int = 200) -> str:
+    """Text written by others (reasons, ids) shown without its control characters, and cut short."""
+    shown = "" if value is None else str(value)
+    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in shown)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} chars)"
+
+
 def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def _int(value: object) -> int | None:
