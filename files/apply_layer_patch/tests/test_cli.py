@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -139,3 +140,87 @@ def test_metrics_endpoint_serves_the_contract_names(
         assert name in body
     assert EMULATOR_API_SECRET not in body
     assert EMULATOR_API_KEY not in body
+
+
+def test_help_lists_exit_codes_and_every_variable() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for text in ("exit codes:", "2  configuration error", "6  kill:", "APPLY_MAX_NOTIONAL_USDT", "REDIS_URL"):
+        assert text in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("kill", "on", "--reason", "\x1b[31mred\x1b[0m"),
+        ("kill", "on", "--reason", "x" * 120_000),
+        ("kill", "on", "--reason", "ok", "--who", "eve\nroot"),
+        ("emergency-close", "BTCUSDT", "--reason", "ok", "--wait", "inf"),
+        ("emergency-close", "BTCUSDT", "--reason", "ok", "--wait", "-1"),
+        ("emergency-close", "BTCUSDT", "--reason", "ok", "--wait", "nan"),
+    ],
+)
+def test_operator_input_that_would_harm_is_refused_before_anything_is_written(
+    redis_server: RedisServer, args: tuple[str, ...]
+) -> None:
+    flush(redis_server)
+    done = cli(*args, REDIS_URL=redis_server.url)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert SyncRedis.from_url(redis_server.url).dbsize() == 0  # nothing queued, nothing audited
+
+
+def test_a_named_env_file_that_is_missing_is_an_error() -> None:
+    done = subprocess.run(
+        [SCRIPT, "--env-file", "/nonexistent/apply-layer.env", "check-config"],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "cannot read the env file" in done.stderr
+
+
+def test_check_config_catches_an_address_run_could_not_listen_on() -> None:
+    keys = {"BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s"}
+    done = cli("check-config", APPLY_METRICS_ADDR="192.0.2.1", **keys)  # TEST-NET-1: not on this host
+    assert done.returncode == 2
+    assert "APPLY_METRICS_ADDR=192.0.2.1" in done.stderr
+    with socket.socket() as holder:  # a busy port is what the running service itself looks like
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        done = cli("check-config", APPLY_METRICS_ADDR="127.0.0.1", APPLY_METRICS_PORT=port, **keys)
+    assert done.returncode == 0
+    assert f"APPLY_METRICS_PORT={port}: in use" in done.stderr
+
+
+def test_status_shows_the_running_service_not_the_shell(
+    redis_server: RedisServer, emulator: ExchangeEmulator, tmp_path: Path
+) -> None:
+    """The shell has no TESTNET (production); the service runs on testnet: status says testnet."""
+    flush(redis_server)
+    service = ServiceProcess(
+        redis_server.url, emulator.base_url, tmp_path / "log", TESTNET="true", APPLY_CONSUMER_NAME="apply-7"
+    )
+    service.start()
+    try:
+        deadline = time.monotonic() + 20
+        status: dict[str, object] = {}
+        while not status.get("instances") and time.monotonic() < deadline:
+            status = json.loads(cli("status", "--json", REDIS_URL=redis_server.url).stdout)
+            time.sleep(0.1)
+        text = cli("status", REDIS_URL=redis_server.url).stdout
+        ttl = SyncRedis.from_url(redis_server.url).ttl("quantum:apply:instance:apply-7")
+    finally:
+        assert service.terminate() == 0
+    assert status["mode"] == "testnet"
+    assert status["cli_mode"] == "production"
+    instances = status["instances"]
+    assert isinstance(instances, list)
+    assert [instance["consumer"] for instance in instances] == ["apply-7"]
+    assert "service apply-7 on" in text
+    assert "testnet" in text
+    assert 0 < ttl <= 10  # gone within seconds of the process dying

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ from quantum_apply_layer.config import (
     PRODUCTION_EXCHANGE_URL,
     TESTNET_EXCHANGE_URL,
     ConfigError,
+    check_environment,
     load_credentials,
     load_settings,
     mask_url_password,
+    process_env,
     read_env_file,
 )
 
@@ -104,3 +107,67 @@ def test_env_file_is_read_like_systemd(tmp_path: Path) -> None:
     env_file.write_text("not a pair\n")
     with pytest.raises(ConfigError, match=":1: expected KEY=VALUE"):
         read_env_file(env_file)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("export TESTNET=false\n", "without `export`"),
+        (
+            "APPLY_MAX_NOTIONAL_USD=1000\n",
+            "unknown setting APPLY_MAX_NOTIONAL_USD; did you mean APPLY_MAX_NOTIONAL_USDT",
+        ),
+        ("REDIS_ULR=redis://x\n", "did you mean REDIS_URL"),
+        ("TESTNET=false\nTESTNET=true\n", ":2: TESTNET is set twice"),
+        ("BINANCE_API_SECRET=s\n", "LoadCredential=BINANCE_API_SECRET"),
+        ("=value\n", "expected KEY=VALUE"),
+    ],
+)
+def test_env_file_lines_that_would_mislead_are_refused(tmp_path: Path, content: str, message: str) -> None:
+    env_file = tmp_path / "apply-layer.env"
+    env_file.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_env_file(env_file)
+
+
+def test_env_file_keys_of_other_programs_pass(tmp_path: Path) -> None:
+    env_file = tmp_path / "apply-layer.env"
+    env_file.write_text("PYTHONUNBUFFERED=1\nAPPLY_MAX_NOTIONAL_USDT=BTCUSDT=1000\n")
+    assert read_env_file(env_file)["PYTHONUNBUFFERED"] == "1"
+
+
+def test_an_unreadable_or_binary_env_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the env file"):
+        read_env_file(tmp_path)  # a directory: unreadable as a file, whoever runs the test
+    binary = tmp_path / "apply-layer.env"
+    binary.write_bytes(b"TESTNET=false\nREDIS_URL=\xff\n")
+    with pytest.raises(ConfigError, match=r"apply-layer.env:2: not UTF-8"):
+        read_env_file(binary)
+
+
+def test_a_named_env_file_must_exist_the_default_one_may_not(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the env file"):
+        process_env(tmp_path / "missing.env", required=True)
+    process_env(tmp_path / "missing.env", required=False)  # the default path: absent is fine
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"APPLY_MAX_NOTIONAL_USDT": "*=1,*=2"}, "* is given twice"),
+        ({"APPLY_MAX_NOTIONAL_USDT": "BTCUSDT=1,btcusdt=2"}, "BTCUSDT is given twice"),
+        ({"REDIS_URL": "redis://127.0.0.1:99999/0"}, "port must be a number"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379/abc"}, "database must be a number"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379/16"}, "database must be a number"),
+        ({"REDIS_URL": "redis:///0"}, "redis://user:password@host:port/db"),
+        ({"APPLY_METRICS_ADDR": "eth0"}, "APPLY_METRICS_ADDR='eth0'"),
+    ],
+)
+def test_values_run_would_trip_on_are_refused_at_parse(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(env)
+
+
+def test_a_misspelt_variable_in_the_environment_is_refused() -> None:
+    with pytest.raises(ConfigError, match="did you mean APPLY_MAX_NOTIONAL_USDT"):
+        check_environment({"APPLY_MAX_NOTIONAL_USD": "1000", "HOME": "/root", "REDIS_PORT": "6379"})

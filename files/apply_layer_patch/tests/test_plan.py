@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from plans import plan_fields
 
+from quantum_apply_layer.entry import decode_entry
+from quantum_apply_layer.gates import freshness_gate
 from quantum_apply_layer.plan import Action, OrderType, PlanError, StepKind, parse_plan
 
 
@@ -98,3 +100,82 @@ def test_any_input_parses_or_names_its_reason(candidate: dict[str, str]) -> None
     if error is not None:
         assert error.reason
         assert str(error).startswith(error.reason + ": ")
+
+
+@pytest.mark.parametrize(
+    ("action", "steps"),
+    [
+        ("PARTIAL_50", [{"step": "CLOSE_FULL", "type": "market_reduce_only"}]),
+        ("PARTIAL_50", [{"step": "CLOSE_PARTIAL_50", "type": "market_reduce_only", "pct": 100}]),
+        ("FULL_CLOSE_PROPOSED", [{"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only"}]),
+        ("PARTIAL_75", [{"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only"}] * 2),
+        ("UPDATE_SL", [{"step": "CLOSE_FULL", "type": "market_reduce_only"}]),
+        ("HOLD", [{"step": "UPDATE_SL", "type": "stop_loss_order", "price": 40000}]),
+    ],
+)
+def test_an_action_its_steps_contradict_is_dead_lettered(action: str, steps: list[object]) -> None:
+    """A PARTIAL_50 plan closes 50% or nothing: action and steps must say the same."""
+    with pytest.raises(PlanError) as raised:
+        parse_plan(plan_fields("p1", action=action, steps=json.dumps(steps)))
+    assert raised.value.reason == "action_steps_mismatch"
+
+
+def test_each_action_with_its_own_steps_parses() -> None:
+    stop = {"step": "UPDATE_SL", "type": "stop_loss_order", "price": 40000}
+    for action, close in [("PARTIAL_50", "CLOSE_PARTIAL_50"), ("FULL_CLOSE_PROPOSED", "CLOSE_FULL")]:
+        steps = json.dumps([{"step": close, "type": "market_reduce_only"}, stop])
+        assert len(parse_plan(plan_fields("p1", action=action, steps=steps)).steps) == 2
+    assert parse_plan(plan_fields("p1", action="UPDATE_SL", steps=json.dumps([stop]))).steps[0].price == 40000
+
+
+@pytest.mark.parametrize("steps", ["[" * 10_000 + "]" * 10_000, '[{"a":' * 5000, '[[[["x"]]]]'])
+def test_steps_nested_too_deep_are_refused_before_parsing(steps: str) -> None:
+    with pytest.raises(PlanError) as raised:  # never RecursionError
+        parse_plan(plan_fields("p1", steps=steps))
+    assert raised.value.reason == "steps_too_deep"
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    steps = json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "note": '[[[[{{{{\\"'}])
+    assert len(parse_plan(plan_fields("p1", steps=steps)).steps) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({b"plan_id": b"p\xff1"}, "not_utf8"),
+        ({b"\xc3\x28": b"x"}, "not_utf8"),
+        ({b"steps": b"x" * 20_000}, "field_too_large"),
+        ({b"n" * 200: b"x"}, "field_too_large"),
+        ({str(n).encode(): b"x" for n in range(65)}, "too_many_fields"),
+    ],
+)
+def test_raw_entries_that_cannot_be_text_are_dead_lettered(raw: dict[bytes, bytes], reason: str) -> None:
+    with pytest.raises(PlanError) as raised:
+        decode_entry(raw)
+    assert raised.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "status"),
+    [
+        (0, None),  # now
+        (-299, None),
+        (-301, "stale"),
+        (4, None),  # clock skew between hosts
+        (3600, "from_future"),
+    ],
+)
+def test_freshness_has_two_bounds(timestamp: float, status: str | None) -> None:
+    now = 1_800_000_000.0
+    plan = parse_plan(plan_fields("p1", timestamp=str(now + timestamp)))
+    verdict = freshness_gate(plan, now, 300)
+    assert (verdict.reason.partition(":")[0] if verdict else None) == status
+
+
+def test_a_timestamp_in_milliseconds_is_blocked_not_trusted() -> None:
+    now = 1_800_000_000.0
+    verdict = freshness_gate(parse_plan(plan_fields("p1", timestamp=str(now * 1000))), now, 300)
+    assert verdict is not None
+    assert verdict.status == "blocked"
+    assert "epoch seconds expected" in verdict.reason

@@ -11,6 +11,8 @@ from redis.asyncio import Redis
 
 from quantum_apply_layer import keys
 from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.execution import StepOutcome
+from quantum_apply_layer.plan import Plan
 
 
 async def test_a_permitted_plan_sends_one_reduce_only_order(
@@ -146,3 +148,39 @@ async def test_testnet_skips_permits(
     assert result["status"] == "executed"
     (order,) = emulator.orders()
     assert (order.side, float(order.quantity)) == ("BUY", 2.0)
+
+
+async def test_a_step_that_raises_after_a_sent_close_still_ends_in_one_result(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    """Any exception after an order went out: the result says what was sent and what failed, and the
+    plan is done (its mark too), never left pending with orders out and nothing recorded."""
+    emulator.set_positions({"BTCUSDT": 0.5})
+    steps = json.dumps(
+        [
+            {"step": "CLOSE_FULL", "type": "market_reduce_only"},
+            {"step": "UPDATE_SL", "type": "stop_loss_order", "price": 40000},
+        ]
+    )
+    async with running_service() as service:
+        run_step = service.executor.run
+
+        async def second_step_breaks(
+            plan: Plan, index: int, p33: dict[str, object], resumed: bool
+        ) -> StepOutcome:
+            if index == 1:
+                raise ZeroDivisionError("a bug nobody foresaw")
+            return await run_step(plan, index, p33, resumed)
+
+        service.executor.run = second_step_breaks  # type: ignore[method-assign]
+        await add_plan(redis, "half", steps=steps)
+        result = (await wait_for_results(redis, 1))["half"]
+        await asyncio.sleep(0.3)
+    assert result["status"] == "partial"
+    outcomes = json.loads(result["steps"])
+    assert [step["status"] for step in outcomes] == ["sent", "error"]
+    assert "unexpected ZeroDivisionError" in outcomes[1]["detail"]
+    assert result["client_order_ids"] == "qh-half-0"
+    assert json.loads(await redis.get(keys.dedupe_mark("half")))["state"] == "done"
+    assert await redis.xlen(keys.RESULT_STREAM) == 1
+    assert [o.client_order_id for o in emulator.orders()] == ["qh-half-0"]
