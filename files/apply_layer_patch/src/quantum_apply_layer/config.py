@@ -380,7 +380,9 @@ def _notional_limits(raw: str) -> tuple[tuple[str, float], ...]:
         if not sep or not (symbol == "*" or symbol.isalnum()) or not 0 < value < 1e12:
             raise ConfigError(f"APPLY_MAX_NOTIONAL_USDT: {item!r}: {accepted}")
         if symbol.upper() in {seen for seen, _limit in limits}:
-            raise ConfigError(f"APPLY_MAX_NOTIONAL_USDT: {symbol.upper()} is given twice; give each symbol once")
+            raise ConfigError(
+                f"APPLY_MAX_NOTIONAL_USDT: {symbol.upper()} is given twice; give each symbol once"
+            )
         limits.append((symbol.upper(), value))
     return tuple(limits)
 

@@ -105,8 +105,8 @@ def render_status(status: dict[str, object], now: float | None = None) -> str:
     )
     for symbol, reading in switch["symbols"].items():
         lines.append(
-            f"kill switch ({symbol}): {reading['state']}  value={_safe(reading['value'])}  "
-            f"reason={_safe(reading['reason'])}"
+            f"kill switch ({symbol}): {reading['state']}  value={_safe(reading['value'])!r}  "
+            f"reason={_safe(reading['reason'])!r}"
         )
     if not stream["group_exists"]:
         lines.append(
