@@ -53,9 +53,8 @@ async def test_bad_credentials_are_auth_errors(
 ) -> None:
     adapter = Exchange(emulator.base_url, key, secret, TIMEOUT_S)
     try:
-        await adapter.open()  # exchangeInfo is public
         with pytest.raises(ExchangeError) as failure:
-            await adapter.position("BTCUSDT")
+            await adapter.open()  # the position mode check is signed: bad credentials show at start
     finally:
         await adapter.close()
     assert (failure.value.kind, failure.value.code) == ("auth", code)
@@ -112,21 +111,30 @@ async def test_close_that_does_not_reduce_is_rejected(
     assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.5)
 
 
-async def test_stop_close_stays_open_and_its_id_cannot_be_reused_while_open(
+async def test_stop_goes_to_the_algo_order_api_and_a_second_one_is_refused(
     emulator: ExchangeEmulator, exchange: Exchange
 ) -> None:
     emulator.set_positions({"ETHUSDT": 1})
-    posts_before = _count("order_new")
+    posts_before = _count("algo_new")
     ack = await exchange.send_stop_market_close("ETHUSDT", "SELL", 2900.004, "qh-plan-e-1")
     assert (ack.client_order_id, ack.status, ack.filled_qty) == ("qh-plan-e-1", "NEW", 0.0)
-    assert _count("order_new") == posts_before + 1  # one POST /fapi/v1/order, the only order route
+    assert _count("algo_new") == posts_before + 1  # one POST /fapi/v1/algoOrder
     [stop] = emulator.orders()
     assert (stop.type, stop.side, stop.close_position, stop.quantity) == ("STOP_MARKET", "SELL", True, None)
     assert stop.stop_price == 2900.0  # rounded to the 0.01 tick
+    [standing] = await exchange.open_stops("ETHUSDT")
+    assert (standing.client_algo_id, standing.trigger_price, standing.close_position) == (
+        "qh-plan-e-1",
+        2900.0,
+        True,
+    )
     with pytest.raises(ExchangeError) as failure:
-        await exchange.send_stop_market_close("ETHUSDT", "SELL", 2800, "qh-plan-e-1")
-    assert (failure.value.kind, failure.value.code) == ("rejected", -4116)
+        await exchange.send_stop_market_close("ETHUSDT", "SELL", 2800, "qh-plan-e-2")
+    assert (failure.value.kind, failure.value.code) == ("rejected", -4130)
     assert not failure.value.outcome_unknown
+    await exchange.cancel_stop("ETHUSDT", standing)
+    await exchange.cancel_stop("ETHUSDT", standing)  # gone already: nothing to do, no error
+    assert await exchange.open_stops("ETHUSDT") == []
     assert (await exchange.position("ETHUSDT")).amount == pytest.approx(1)
 
 
@@ -150,9 +158,10 @@ async def test_find_order_finds_orders_and_stops_and_answers_none_when_absent(
     stop = await exchange.send_stop_market_close("SOLUSDT", "BUY", 170, "qh-plan-g-1")
     rejected_before = sample("apply_exchange_errors_total", kind="rejected")
     assert await exchange.find_order("SOLUSDT", "qh-plan-g-0") == sent
-    assert await exchange.find_order("SOLUSDT", "qh-plan-g-1") == stop
+    assert await exchange.find_stop("SOLUSDT", "qh-plan-g-1") == stop
     assert stop.status == "NEW"
     assert await exchange.find_order("SOLUSDT", "qh-plan-g-2") is None
+    assert await exchange.find_stop("SOLUSDT", "qh-plan-g-2") is None
     assert sample("apply_exchange_errors_total", kind="rejected") == rejected_before  # -2013 is an answer
 
 
