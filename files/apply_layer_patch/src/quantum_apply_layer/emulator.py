@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from quantum_apply_layer import __version__
 from quantum_apply_layer.config import ConfigError, is_loopback_host, load_credentials
@@ -194,9 +195,7 @@ class _BinanceApi:
         return handle
 
 
-def _limits_middleware(
-    state: ExchangeState,
-) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+def _limits_middleware(state: ExchangeState) -> Middleware:
     """Count every Binance call against the limits before anything else, as Binance does per IP."""
 
     @web.middleware
@@ -208,6 +207,7 @@ def _limits_middleware(
         if cost.weight_without_symbol is not None and "symbol" not in request.rel_url.query:
             weight = cost.weight_without_symbol
         admission = state.limits.admit(weight, cost.orders, state.server_time_ms(), state.limit_settings())
+        response: web.StreamResponse
         if admission.refusal is not None:
             refusal = admission.refusal
             response = _json({"code": refusal.code, "msg": refusal.msg}, status=refusal.http_status)

@@ -63,8 +63,9 @@ T = TypeVar("T")
 class OrderAck:
     client_order_id: str
     exchange_order_id: str
-    status: str  # the exchange's status, e.g. FILLED, NEW
+    status: str  # the exchange's status, e.g. FILLED, EXPIRED, NEW
     filled_qty: float
+    orig_qty: float  # what was asked; 0 for a closePosition stop
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def _algo_ack(order: dict[str, Any]) -> OrderAck:
         exchange_order_id=str(order.get("algoId") or ""),
         status=str(order.get("algoStatus") or ""),
         filled_qty=0.0,
+        orig_qty=0.0,
     )
 
 
@@ -209,6 +211,7 @@ def _ack(order: dict[str, Any]) -> OrderAck:
         exchange_order_id=str(order.get("orderId") or ""),
         status=str(order.get("status") or ""),
         filled_qty=float(order.get("executedQty") or 0),
+        orig_qty=float(order.get("origQty") or 0),
     )
 
 

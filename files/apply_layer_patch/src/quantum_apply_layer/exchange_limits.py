@@ -75,7 +75,7 @@ class SharedLimiter:
         budget cannot be known, so nothing is sent (fail closed)."""
         cost = ENDPOINT_COSTS[endpoint]
         budget = EMERGENCY_BUDGET if emergency else ROUTINE_BUDGET
-        args = [
+        args: list[str | int] = [
             "reserve",
             cost.weight,
             cost.orders,

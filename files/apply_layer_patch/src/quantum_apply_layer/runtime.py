@@ -15,7 +15,8 @@ from redis.asyncio.sentinel import Sentinel
 
 from . import __version__, metrics
 from .config import Credentials, Settings
-from .exchange import Exchange
+from .exchange import Exchange, PositionModeRefused
+from .exchange_limits import SharedLimiter
 from .monitor import Monitor, Notifier
 from .service import ApplyLayer
 
@@ -74,7 +75,12 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
     start_http_server(settings.metrics_port, settings.metrics_addr, registry=metrics.REGISTRY)
     redis = connect_redis(settings)
     exchange = Exchange(
-        settings.exchange_url, credentials.api_key, credentials.api_secret, settings.exchange_timeout_s
+        settings.exchange_url,
+        credentials.api_key,
+        credentials.api_secret,
+        settings.exchange_timeout_s,
+        limiter=SharedLimiter(redis),  # the account's limits, counted for every process sharing Redis
+        recv_window_ms=settings.exchange_recv_window_ms,
     )
     service = ApplyLayer(settings, redis, exchange)
     notify = Notifier()
@@ -91,6 +97,8 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
     notify("READY=1")
     try:
         await run_task
+    except PositionModeRefused as refused:
+        raise SystemExit(f"quantum-apply-layer: refusing to start: {refused}") from None
     finally:
         service.stop()
         await monitor_task

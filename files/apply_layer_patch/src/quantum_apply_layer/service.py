@@ -409,8 +409,16 @@ def _result_of(plan: Plan, outcomes: list[StepOutcome]) -> Result:
     placed = sum(outcome.placed for outcome in outcomes)
     last = outcomes[-1]
     steps = [outcome.as_dict() for outcome in outcomes]
-    if placed == len(plan.steps):
+    short = [outcome for outcome in outcomes if outcome.placed and not outcome.complete]
+    if placed == len(plan.steps) and not short:
         return Result(plan.plan_id, plan.symbol, "executed", "", steps)
+    if short:
+        # The exchange filled less than asked (EXPIRED, price protection): never `executed`.
+        first = short[0]
+        reason = (
+            f"step {first.index} filled {first.filled_qty:g} of {first.quantity:g} ({first.exchange_status})"
+        )
+        return Result(plan.plan_id, plan.symbol, "partial", reason, steps)
     if placed:
         return Result(
             plan.plan_id, plan.symbol, "partial", f"step {last.index} {last.status}: {last.detail}", steps
