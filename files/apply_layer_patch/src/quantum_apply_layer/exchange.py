@@ -272,6 +272,8 @@ class Exchange:
 
     async def close(self) -> None:
         await self._client.close()
+        # The gauge reads this adapter's ban; a closed adapter reports none.
+        metrics.apply_exchange_ban_remaining_seconds.set_function(lambda: 0.0)
 
     async def ping(self) -> None:
         await self._lookup("ping", self._client.fapiPublicGetPing)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 Side = Literal["BUY", "SELL"]
 # Amounts closer than this are the same position (exchange quantities have at most 8 decimals).
 POSITION_TOLERANCE = 1e-9
+_CODE_IN_DETAIL = re.compile(r"code=(-?\d+)")
 # Final states of a market order in which nothing more will fill.
 _NOTHING_FILLED = frozenset({"EXPIRED", "CANCELED", "REJECTED", "EXPIRED_IN_MATCH"})
 
@@ -159,7 +161,8 @@ class StepExecutor:
     def _stop_refused(step: Step, outcome: StepOutcome) -> bool:
         if step.order_type is not OrderType.STOP_LOSS_ORDER or outcome.status != "rejected":
             return False
-        metrics.apply_stop_loss_refused_total.labels(outcome.detail.partition(":")[0]).inc()
+        code = _CODE_IN_DETAIL.search(outcome.detail)
+        metrics.apply_stop_loss_refused_total.labels(code.group(1) if code else "none").inc()
         return True
 
     async def _send(
