@@ -12,12 +12,20 @@ from typing import Literal
 
 import pytest
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
+from redis.asyncio import Redis
 
 import quantum_apply_layer
 from quantum_apply_layer import metrics
 from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS as EMULATED_COSTS
 from quantum_apply_layer.emulator_state import CLIENT_ORDER_ID_PATTERN, Faults
-from quantum_apply_layer.exchange import Exchange, ExchangeError, client_order_id
+from quantum_apply_layer.exchange import Exchange, ExchangeError, PositionModeRefused, client_order_id
+from quantum_apply_layer.exchange_limits import (
+    BLOCKED_UNTIL_KEY,
+    ENDPOINT_COSTS,
+    ROUTINE_BUDGET,
+    SharedLimiter,
+)
 
 TIMEOUT_S = 2.0
 
@@ -309,3 +317,118 @@ def _subprocess_env() -> dict[str, str]:
 def test_client_order_id_refuses_a_negative_step() -> None:
     with pytest.raises(ValueError, match="step_index"):
         client_order_id("plan", -1)
+
+
+async def test_a_host_clock_ahead_of_the_exchange_still_trades(emulator: ExchangeEmulator) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(clock_offset_ms=-3_000))  # the host runs 3 s ahead: raw timestamps get -1021
+    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, TIMEOUT_S)
+    try:
+        await adapter.open()
+        assert (await adapter.position("BTCUSDT")).amount == pytest.approx(0.5)
+        ack = await adapter.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-clock-0")
+    finally:
+        await adapter.close()
+    assert ack.status == "FILLED"
+    assert sample("apply_exchange_clock_offset_seconds") == pytest.approx(-3.0, abs=0.5)
+
+
+async def test_a_clock_jump_resyncs_once_and_retries_only_the_lookup(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(clock_offset_ms=-4_000))  # after open(): the offset ccxt knows is stale
+    assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.5)  # -1021, resync, once more
+    emulator.set_faults(Faults(clock_offset_ms=4_000))
+    with pytest.raises(ExchangeError) as refused:
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-jump-0")
+    assert (refused.value.kind, refused.value.code) == ("rejected", -1021)
+    assert [o.status for o in emulator.orders()] == []  # refused before the book: nothing to look up
+    ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-jump-1")  # resynced meanwhile
+    assert ack.status == "FILLED"
+
+
+async def test_an_account_in_hedge_mode_is_refused_at_open(emulator: ExchangeEmulator) -> None:
+    emulator.set_faults(Faults(hedge_mode=True))
+    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, TIMEOUT_S)
+    try:
+        with pytest.raises(PositionModeRefused, match=r"hedge mode .* one-way mode"):
+            await adapter.open()
+    finally:
+        await adapter.close()
+
+
+def shared(emulator: ExchangeEmulator, redis: Redis) -> Exchange:
+    return Exchange(
+        emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, TIMEOUT_S, limiter=SharedLimiter(redis)
+    )
+
+
+async def test_a_429_holds_back_every_process_until_retry_after(
+    emulator: ExchangeEmulator, redis: Redis
+) -> None:
+    first, second = shared(emulator, redis), shared(emulator, redis)
+    try:
+        await first.open()
+        await second.open()
+        emulator.set_positions({"BTCUSDT": 0.5})
+        emulator.set_faults(Faults(weight_per_minute=10, window_scale=60))
+        await first.position("BTCUSDT")
+        await first.position("BTCUSDT")  # 10 of 10
+        with pytest.raises(ExchangeError) as throttled:
+            await first.position("BTCUSDT")
+        assert (throttled.value.kind, throttled.value.code) == ("rate_limit", -1003)
+        throttled_before = sample("apply_exchange_throttled_total", status="418")
+        for adapter in (first, second):  # the other process too: the block is in Redis
+            with pytest.raises(ExchangeError) as held:
+                await adapter.position("BTCUSDT")
+            assert (held.value.kind, "held back" in str(held.value)) == ("rate_limit", True)
+        with pytest.raises(ExchangeError) as held_send:
+            await second.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-held-0")
+        assert not held_send.value.outcome_unknown  # nothing went out: no lookup needed
+    finally:
+        await first.close()
+        await second.close()
+    assert emulator.orders() == []
+    assert sample("apply_exchange_throttled_total", status="418") == throttled_before  # never earned a ban
+    assert 0 < int(await redis.pttl(BLOCKED_UNTIL_KEY)) <= 60_000 * 60
+
+
+async def test_routine_calls_leave_headroom_for_emergency_closes(
+    emulator: ExchangeEmulator, redis: Redis
+) -> None:
+    adapter = shared(emulator, redis)
+    try:
+        await adapter.open()
+        emulator.set_positions({"BTCUSDT": 0.5})
+        limiter = SharedLimiter(redis)
+        await limiter.observe(ROUTINE_BUDGET.weight_per_minute - 2, -1, -1)  # what the exchange reported
+        with pytest.raises(ExchangeError) as held:
+            await adapter.position("BTCUSDT")
+        assert "weight budget used up" in str(held.value)
+        assert (await adapter.position("BTCUSDT", emergency=True)).amount == pytest.approx(0.5)
+        ack = await adapter.send_reduce_only_market("BTCUSDT", "SELL", 0.5, "qh-em-0", emergency=True)
+    finally:
+        await adapter.close()
+    assert ack.status == "FILLED"
+    assert sample("apply_exchange_used_weight") > 0  # fed by X-MBX-USED-WEIGHT-1M
+
+
+def test_every_call_the_adapter_makes_has_a_cost_the_emulator_agrees_with() -> None:
+    paths = {
+        "ping": ("GET", "/fapi/v1/ping"),
+        "time": ("GET", "/fapi/v1/time"),
+        "exchange_info": ("GET", "/fapi/v1/exchangeInfo"),
+        "position_mode": ("GET", "/fapi/v1/positionSide/dual"),
+        "position_risk": ("GET", "/fapi/v3/positionRisk"),
+        "order_query": ("GET", "/fapi/v1/order"),
+        "order_new": ("POST", "/fapi/v1/order"),
+        "algo_new": ("POST", "/fapi/v1/algoOrder"),
+        "algo_query": ("GET", "/fapi/v1/algoOrder"),
+        "algo_cancel": ("DELETE", "/fapi/v1/algoOrder"),
+        "algo_open": ("GET", "/fapi/v1/openAlgoOrders"),
+    }
+    assert set(paths) == set(ENDPOINT_COSTS)
+    for name, route in paths.items():
+        ours, theirs = ENDPOINT_COSTS[name], EMULATED_COSTS[route]
+        assert (ours.weight, ours.orders) == (theirs.weight, theirs.orders), name
