@@ -23,7 +23,6 @@ from quantum_apply_layer.exchange import Exchange, ExchangeError, PositionModeRe
 from quantum_apply_layer.exchange_limits import (
     BLOCKED_UNTIL_KEY,
     ENDPOINT_COSTS,
-    ROUTINE_BUDGET,
     SharedLimiter,
 )
 
@@ -397,12 +396,12 @@ async def test_a_429_holds_back_every_process_until_retry_after(
 async def test_routine_calls_leave_headroom_for_emergency_closes(
     emulator: ExchangeEmulator, redis: Redis
 ) -> None:
+    emulator.set_faults(Faults(weight_per_minute=1000))  # stated in exchangeInfo: routine 800, emergency 950
     adapter = shared(emulator, redis)
     try:
         await adapter.open()
         emulator.set_positions({"BTCUSDT": 0.5})
-        limiter = SharedLimiter(redis)
-        await limiter.observe(ROUTINE_BUDGET.weight_per_minute - 2, -1, -1)  # what the exchange reported
+        await SharedLimiter(redis).observe(797, -1, -1)  # what the exchange says this IP has used
         with pytest.raises(ExchangeError) as held:
             await adapter.position("BTCUSDT")
         assert "weight budget used up" in str(held.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,6 +14,8 @@ from conftest import ServiceFactory
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
 from plans import add_plan, plan_fields, wait_for_results
 from redis.asyncio import Redis
+from redis_server import RedisServer
+from service_process import ServiceProcess
 
 from quantum_apply_layer import keys, metrics
 from quantum_apply_layer.autotrip import AutoTrip
@@ -149,3 +152,17 @@ async def test_an_ip_ban_halts_the_service_through_the_auto_trip(
     assert (await redis.get(keys.GLOBAL_SWITCH_REASON)).startswith("auto-trip: exchange_ban: ")
     [audit] = await read_audit(redis, 1)
     assert audit["who"] == "auto-trip@host-b"
+
+
+def test_the_service_refuses_to_start_on_an_account_in_hedge_mode(
+    redis_server: RedisServer, emulator: ExchangeEmulator, tmp_path: Path
+) -> None:
+    emulator.set_faults(Faults(hedge_mode=True))
+    service = ServiceProcess(redis_server.url, emulator.base_url, tmp_path / "service.log")
+    service.start()
+    assert service.process is not None
+    code = service.process.wait(timeout=30)
+    log = service.log_path.read_text()
+    assert code == 1, log
+    assert "refusing to start: the Binance account is in hedge mode" in log
+    assert "Traceback" not in log

@@ -292,7 +292,15 @@ def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Applic
         return _json({"serverTime": state.server_time_ms()})
 
     async def info(_: web.Request) -> web.StreamResponse:
-        return _json(exchange_info(state.server_time_ms()))
+        limits = state.limit_settings()
+        return _json(
+            exchange_info(
+                state.server_time_ms(),
+                limits.weight_per_minute,
+                limits.orders_per_minute,
+                limits.orders_per_10s,
+            )
+        )
 
     def brackets(params: Mapping[str, str]) -> Any:
         symbol = params.get("symbol")

@@ -30,7 +30,14 @@ from ccxt.base import errors as ccxt_errors
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from quantum_apply_layer import metrics
-from quantum_apply_layer.exchange_limits import SharedLimiter
+from quantum_apply_layer.exchange_limits import (
+    BINANCE_LIMITS,
+    EMERGENCY_SHARE,
+    ROUTINE_SHARE,
+    SharedLimiter,
+    limits_from_exchange_info,
+    share,
+)
 
 ErrorKind = Literal["network", "timeout", "rejected", "auth", "rate_limit", "other"]
 
@@ -242,6 +249,8 @@ class Exchange:
             }
         )
         self._limiter = limiter
+        self._routine_budget = share(BINANCE_LIMITS, ROUTINE_SHARE)
+        self._emergency_budget = share(BINANCE_LIMITS, EMERGENCY_SHARE)
         self._unified_symbols: dict[str, str] = {}
         self._clock_measured_at = -math.inf
         self._blocked_until = 0.0  # time.monotonic() before which nothing is sent (Retry-After)
@@ -251,9 +260,13 @@ class Exchange:
         )
 
     async def open(self) -> None:
-        """Load the markets once (GET /fapi/v1/exchangeInfo), measure the clock, and refuse an account
-        in hedge mode (GET /fapi/v1/positionSide/dual)."""
+        """Measure the clock, read the limits and load the markets (GET /fapi/v1/exchangeInfo), and
+        refuse an account in hedge mode (GET /fapi/v1/positionSide/dual)."""
         await self._sync_clock()
+        info: dict[str, Any] = await self._lookup("exchange_info", self._client.fapiPublicGetExchangeInfo)
+        limits = limits_from_exchange_info(info)
+        self._routine_budget = share(limits, ROUTINE_SHARE)
+        self._emergency_budget = share(limits, EMERGENCY_SHARE)
         markets: dict[str, Any] = await self._lookup("exchange_info", self._client.load_markets)
         self._unified_symbols = {
             market["id"]: market["symbol"]
@@ -499,7 +512,9 @@ class Exchange:
             )
         if self._limiter is None:
             return
-        held = await self._limiter.reserve(endpoint, emergency)
+        held = await self._limiter.reserve(
+            endpoint, self._emergency_budget if emergency else self._routine_budget
+        )
         if held is None:
             return
         metrics.apply_exchange_held_back_total.labels(held.limit).inc()

@@ -1,16 +1,20 @@
 """Binance's limits, kept by every process sharing the account: one table of what each call costs, and a
 limiter counted in Redis (`exchange_limits.lua`), fed by the `X-MBX-*` headers the exchange returns.
 
-Binance USD-M (exchangeInfo `rateLimits`, CONTRACT.md): request weight 2,400 a minute per IP, orders
-300 per 10 s and 1,200 a minute per account. Routine traffic (plans) may use 80 % of each; the rest is
-headroom that only emergency closes may use, so an operator can still close a position when plans have
-used their share. A 429 or 418 blocks every process until its `Retry-After` has passed.
+The limits are read from exchangeInfo's `rateLimits` at start (Binance USD-M: request weight 2,400 a
+minute per IP, orders 300 per 10 s and 1,200 a minute per account). Routine traffic (plans) may use
+80 % of each; the rest is headroom only emergency closes may use (up to 95 %), so an operator can still
+close a position when plans have used their share. A 429 or 418 blocks every process until its
+`Retry-After` has passed.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -51,8 +55,33 @@ class Budget:
 
 
 BINANCE_LIMITS = Budget(2400, 300, 1200)
-ROUTINE_BUDGET = Budget(1920, 240, 960)
-EMERGENCY_BUDGET = Budget(2280, 285, 1140)
+ROUTINE_SHARE = 0.80
+EMERGENCY_SHARE = 0.95  # never 100 %: the exchange's window and ours are not aligned to the millisecond
+
+
+def share(limits: Budget, fraction: float) -> Budget:
+    return Budget(
+        math.floor(limits.weight_per_minute * fraction),
+        math.floor(limits.orders_per_10s * fraction),
+        math.floor(limits.orders_per_minute * fraction),
+    )
+
+
+def limits_from_exchange_info(info: Mapping[str, Any]) -> Budget:
+    """The account's limits as exchangeInfo's `rateLimits` states them; Binance's documented ones for any
+    it leaves out."""
+    stated: dict[tuple[str, str, int], int] = {}
+    for entry in info.get("rateLimits") or []:
+        try:
+            key = (str(entry["rateLimitType"]), str(entry["interval"]), int(entry["intervalNum"]))
+            stated[key] = int(entry["limit"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return Budget(
+        stated.get(("REQUEST_WEIGHT", "MINUTE", 1), BINANCE_LIMITS.weight_per_minute),
+        stated.get(("ORDERS", "SECOND", 10), BINANCE_LIMITS.orders_per_10s),
+        stated.get(("ORDERS", "MINUTE", 1), BINANCE_LIMITS.orders_per_minute),
+    )
 
 
 @dataclass(frozen=True)
@@ -70,11 +99,10 @@ class SharedLimiter:
         self._script = redis.register_script(source)
         self._keys = [WEIGHT_KEY, ORDERS_10S_KEY, ORDERS_1M_KEY, BLOCKED_UNTIL_KEY]
 
-    async def reserve(self, endpoint: str, emergency: bool) -> HeldBack | None:
+    async def reserve(self, endpoint: str, budget: Budget) -> HeldBack | None:
         """Count the call before it is made; a HeldBack when it must not be made now. Without Redis the
         budget cannot be known, so nothing is sent (fail closed)."""
         cost = ENDPOINT_COSTS[endpoint]
-        budget = EMERGENCY_BUDGET if emergency else ROUTINE_BUDGET
         args: list[str | int] = [
             "reserve",
             cost.weight,
