@@ -23,6 +23,7 @@ from quantum_apply_layer.config import load_settings
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.emulator_state import Faults
 from quantum_apply_layer.exchange import Exchange, ExchangeError
+from quantum_apply_layer.exchange_limits import SharedLimiter
 from quantum_apply_layer.execution import MismatchClock, StepExecutor
 from quantum_apply_layer.plan import parse_plan
 from quantum_apply_layer.scripts import register_scripts
@@ -166,3 +167,22 @@ def test_the_service_refuses_to_start_on_an_account_in_hedge_mode(
     assert code == 1, log
     assert "refusing to start: the Binance account is in hedge mode" in log
     assert "Traceback" not in log
+
+
+async def test_a_step_held_back_by_the_limits_sends_nothing_and_is_no_failure(
+    redis: Redis, emulator: ExchangeEmulator
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    adapter = Exchange(
+        emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, 2.0, limiter=SharedLimiter(redis)
+    )
+    try:
+        await adapter.open()
+        await SharedLimiter(redis).block(30)  # another process got a 429 with Retry-After: 30
+        steps = executor(adapter)
+        outcome = await steps.run(parse_plan(plan_fields("held")), 0, P33, resumed=False)
+    finally:
+        await adapter.close()
+    assert (outcome.status, "held back" in outcome.detail) == ("held_back", True)
+    assert steps.error_streak == 0
+    assert emulator.orders() == []

@@ -40,7 +40,7 @@ _NOTHING_FILLED = frozenset({"EXPIRED", "CANCELED", "REJECTED", "EXPIRED_IN_MATC
 class StepOutcome:
     index: int
     step: str
-    status: str  # sent, found (sent before a crash), nothing_to_do, blocked, rejected, error
+    status: str  # sent, found (sent before a crash), nothing_to_do, blocked, held_back, rejected, error
     client_order_id: str
     exchange_order_id: str = ""
     detail: str = ""
@@ -247,6 +247,9 @@ class StepExecutor:
                 return StepOutcome(index, step.kind, "error", coid, detail=detail)
             if found is not None:
                 return self._outcome(index, step, "found", coid, found, f"{error.kind}, then found")
+        if error.kind == "rate_limit" and error.code is None:
+            # Held back by our own limiter or a Retry-After: nothing was sent, the gate works as meant.
+            return StepOutcome(index, step.kind, "held_back", coid, detail=str(error))
         status = "rejected" if error.kind == "rejected" else "error"
         code = f" code={error.code}" if error.code is not None else ""
         return StepOutcome(index, step.kind, status, coid, detail=f"{error.kind}{code}: {error}")
