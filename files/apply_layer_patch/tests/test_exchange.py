@@ -8,7 +8,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
@@ -431,3 +431,22 @@ def test_every_call_the_adapter_makes_has_a_cost_the_emulator_agrees_with() -> N
     for name, route in paths.items():
         ours, theirs = ENDPOINT_COSTS[name], EMULATED_COSTS[route]
         assert (ours.weight, ours.orders) == (theirs.weight, theirs.orders), name
+
+
+async def test_an_answer_that_is_only_ack_is_looked_up_for_what_was_filled(
+    emulator: ExchangeEmulator, exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(fill_ratio=0.5))
+    create_order = exchange._client.create_order
+
+    async def ack_only(*args: Any) -> Any:  # an exchange that answers before the order is worked
+        *order, params = args
+        return await create_order(*order, {**params, "newOrderRespType": "ACK"})
+
+    monkeypatch.setattr(exchange._client, "create_order", ack_only)
+    lookups_before = _count("order_query")
+    ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.2, "qh-ack-0")
+    assert (ack.status, ack.filled_qty, ack.orig_qty) == ("EXPIRED", 0.1, 0.2)
+    assert _count("order_query") == lookups_before + 1
+    assert len(emulator.orders()) == 1
