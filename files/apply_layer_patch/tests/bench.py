@@ -60,6 +60,7 @@ RATE_PLANS = 5000
 EVAL_REQUESTS = 100_000
 EVAL_CLIENTS = 50
 EVAL_SCRIPT = "return redis.call('GET', KEYS[1])"
+UNLIMITED = ("weight_per_minute", "orders_per_10s", "orders_per_minute")
 POSITION = 100_000.0  # large enough that no plan of the run finds the position closed
 # Production settings (ServiceProcess's test defaults put back), 64 plans in flight instead of 32: plans of
 # one symbol run one at a time, so with 5 symbols either bound leaves the same 5 running.
@@ -147,6 +148,8 @@ class EmulatorProcess:
 
     async def reset(self) -> None:
         await self._call("POST", "reset")
+        # The bench measures the gate, not Binance's limits (480 closes a minute per account): lift them.
+        await self._call("POST", "faults", dict.fromkeys(UNLIMITED, 1_000_000_000))
         await self._call("POST", "positions", dict.fromkeys(SYMBOLS, POSITION))
 
     async def accepted_orders(self) -> dict[str, float]:

@@ -66,14 +66,16 @@ def market_close(symbol: str, side: str, quantity: str, client_id: str) -> dict[
     }
 
 
-def stop_close(symbol: str, side: str, stop_price: str, client_id: str) -> dict[str, str]:
+def stop_close(symbol: str, side: str, trigger_price: str, client_id: str) -> dict[str, str]:
+    """A protective stop as the algo order API takes it."""
     return {
+        "algoType": "CONDITIONAL",
         "symbol": symbol,
         "side": side,
         "type": "STOP_MARKET",
-        "stopPrice": stop_price,
+        "triggerPrice": trigger_price,
         "closePosition": "true",
-        "newClientOrderId": client_id,
+        "clientAlgoId": client_id,
     }
 
 
@@ -156,14 +158,15 @@ async def test_order_rules_use_binance_error_codes(
 async def test_stop_rules_use_binance_error_codes(
     emulator: ExchangeEmulator, http: aiohttp.ClientSession
 ) -> None:
-    order_url = f"{emulator.base_url}/fapi/v1/order"
+    order_url = f"{emulator.base_url}/fapi/v1/algoOrder"
     cases: list[tuple[dict[str, str], int]] = [
         (stop_close("BTCUSDT", "SELL", "70000", "qh-s-0"), -2021),  # above the 65000 mark: would trigger now
         (stop_close("BTCUSDT", "BUY", "60000", "qh-s-1"), -2021),  # below the mark: would trigger now
         (stop_close("BTCUSDT", "SELL", "60000.05", "qh-s-2"), -4014),  # off the 0.10 tick
         ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-3"), "quantity": "0.1"}, -1106),
         ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-4"), "reduceOnly": "true"}, -1106),
-        ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-5"), "stopPrice": ""}, -1102),
+        ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-5"), "triggerPrice": ""}, -1102),
+        ({**stop_close("BTCUSDT", "SELL", "60000", "qh-s-6"), "algoType": ""}, -1102),
     ]
     for params, code in cases:
         status, body = await signed(http, "POST", order_url, params)
@@ -175,24 +178,182 @@ async def test_an_open_stop_holds_its_client_id_and_is_found_by_it(
     emulator: ExchangeEmulator, http: aiohttp.ClientSession
 ) -> None:
     emulator.set_positions({"BTCUSDT": "0.5"})
-    order_url = f"{emulator.base_url}/fapi/v1/order"
-    status, stop = await signed(http, "POST", order_url, stop_close("BTCUSDT", "SELL", "60000", "qh-st-1"))
+    algo_url = f"{emulator.base_url}/fapi/v1/algoOrder"
+    status, stop = await signed(http, "POST", algo_url, stop_close("BTCUSDT", "SELL", "60000", "qh-st-1"))
     assert status == 200
-    assert (stop["type"], stop["status"], stop["stopPrice"], stop["closePosition"]) == (
+    assert (stop["orderType"], stop["algoStatus"], stop["triggerPrice"], stop["closePosition"]) == (
         "STOP_MARKET",
         "NEW",
         "60000.00",
         True,
     )
-    duplicates = [
-        stop_close("BTCUSDT", "SELL", "59000", "qh-st-1"),
-        market_close("BTCUSDT", "SELL", "0.1", "qh-st-1"),
-    ]
-    for params in duplicates:
-        assert (await signed(http, "POST", order_url, params))[1]["code"] == -4116, params
-    found = await signed(http, "GET", order_url, {"symbol": "BTCUSDT", "origClientOrderId": "qh-st-1"})
-    assert found == (200, stop)
+    # A take-profit in the other direction holds the same id: refused while the stop is open.
+    duplicate = {**stop_close("BTCUSDT", "SELL", "70000", "qh-st-1"), "type": "TAKE_PROFIT_MARKET"}
+    assert (await signed(http, "POST", algo_url, duplicate))[1]["code"] == -4116
+    status, found = await signed(http, "GET", algo_url, {"clientAlgoId": "qh-st-1"})
+    assert (status, found["algoId"], found["algoStatus"]) == (200, stop["algoId"], "NEW")
     assert emulator.position_amount("BTCUSDT") == pytest.approx(0.5)
+
+
+async def test_conditional_orders_are_refused_on_the_order_endpoint(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.set_positions({"BTCUSDT": "0.5"})
+    legacy = {
+        "symbol": "BTCUSDT",
+        "side": "SELL",
+        "type": "STOP_MARKET",
+        "stopPrice": "60000",
+        "closePosition": "true",
+        "newClientOrderId": "qh-legacy-0",
+    }
+    status, body = await signed(http, "POST", f"{emulator.base_url}/fapi/v1/order", legacy)
+    assert (status, body["code"]) == (400, -4120)
+    assert emulator.open_algo_orders("BTCUSDT") == []
+
+
+async def test_a_second_close_position_stop_is_refused_until_the_first_is_cancelled(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.set_positions({"BTCUSDT": "0.5"})
+    algo_url = f"{emulator.base_url}/fapi/v1/algoOrder"
+    first = await signed(http, "POST", algo_url, stop_close("BTCUSDT", "SELL", "60000", "qh-two-0"))
+    second = await signed(http, "POST", algo_url, stop_close("BTCUSDT", "SELL", "61000", "qh-two-1"))
+    assert (first[0], second[0], second[1]["code"]) == (200, 400, -4130)
+    cancelled = await signed(http, "DELETE", algo_url, {"clientAlgoId": "qh-two-0"})
+    assert cancelled == (
+        200,
+        {"algoId": first[1]["algoId"], "clientAlgoId": "qh-two-0", "code": "200", "msg": "success"},
+    )
+    again = await signed(http, "DELETE", algo_url, {"clientAlgoId": "qh-two-0"})
+    assert (again[0], again[1]["code"]) == (400, -2011)
+    assert (await signed(http, "POST", algo_url, stop_close("BTCUSDT", "SELL", "61000", "qh-two-1")))[
+        0
+    ] == 200
+    status, listed = await signed(
+        http, "GET", f"{emulator.base_url}/fapi/v1/openAlgoOrders", {"symbol": "BTCUSDT"}
+    )
+    assert (status, [(o["clientAlgoId"], o["triggerPrice"]) for o in listed]) == (
+        200,
+        [("qh-two-1", "61000.00")],
+    )
+
+
+async def test_market_orders_answer_ack_or_result_and_fill_what_the_book_allows(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.set_positions({"BTCUSDT": "1"})
+    url = f"{emulator.base_url}/fapi/v1/order"
+    status, ack = await signed(http, "POST", url, market_close("BTCUSDT", "SELL", "0.1", "qh-ack-0"))
+    assert (status, ack["status"], ack["executedQty"]) == (200, "NEW", "0")  # ACK is Binance's default
+    found = await signed(http, "GET", url, {"symbol": "BTCUSDT", "origClientOrderId": "qh-ack-0"})
+    assert (found[1]["status"], found[1]["executedQty"]) == ("FILLED", "0.100")
+    emulator.set_faults(Faults(fill_ratio=0.5))
+    result_close = {**market_close("BTCUSDT", "SELL", "0.4", "qh-part-0"), "newOrderRespType": "RESULT"}
+    status, partial = await signed(http, "POST", url, result_close)
+    assert (status, partial["status"], partial["origQty"], partial["executedQty"]) == (
+        200,
+        "EXPIRED",
+        "0.400",
+        "0.200",
+    )
+    assert emulator.position_amount("BTCUSDT") == pytest.approx(0.7)
+    emulator.set_faults(Faults(price_protect_next=1))
+    refused = await signed(http, "POST", url, market_close("BTCUSDT", "SELL", "0.1", "qh-pp-0"))
+    accepted = await signed(http, "POST", url, market_close("BTCUSDT", "SELL", "0.1", "qh-pp-1"))
+    assert (refused[0], refused[1]["code"], accepted[0]) == (400, -4131, 200)
+
+
+async def test_limits_count_weight_and_orders_then_429_then_a_418_ban(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.set_positions({"BTCUSDT": "1"})
+    emulator.set_faults(Faults(weight_per_minute=12, ban_seconds=300, window_scale=60))
+    base = emulator.base_url
+    async with http.get(f"{base}/fapi/v1/ping") as response:
+        assert response.headers["X-MBX-USED-WEIGHT-1M"] == "1"
+    async with http.get(f"{base}/fapi/v3/positionRisk") as response:  # unsigned: refused, still counted
+        assert response.headers["X-MBX-USED-WEIGHT-1M"] == "6"
+    order = market_close("BTCUSDT", "SELL", "0.1", "qh-lim-0")
+    async with http.post(f"{base}/fapi/v1/order", data=order) as response:
+        assert (response.headers["X-MBX-ORDER-COUNT-10S"], response.headers["X-MBX-ORDER-COUNT-1M"]) == (
+            "1",
+            "1",
+        )
+        assert response.headers["X-MBX-USED-WEIGHT-1M"] == "6"  # a new order costs no IP weight
+    async with http.get(f"{base}/fapi/v2/positionRisk") as response:
+        assert response.status != 429
+    async with http.get(f"{base}/fapi/v2/positionRisk") as response:
+        body = await response.json()
+        assert (response.status, body["code"]) == (429, -1003)
+        assert int(response.headers["Retry-After"]) > 0
+    async with http.get(f"{base}/fapi/v1/ping") as response:  # going on after a 429
+        body = await response.json()
+        assert (response.status, body["code"]) == (418, -1003)
+        assert 290 <= int(response.headers["Retry-After"]) <= 300
+    async with http.get(f"{base}/fapi/v1/time") as response:
+        assert response.status == 418  # every call, for the whole ban
+    async with http.get(f"{base}/_emulator/info") as response:
+        assert response.status == 200  # the emulator's own endpoints are not Binance's
+
+
+async def test_order_count_limit_is_per_ten_seconds(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.set_positions({"BTCUSDT": "1"})
+    emulator.set_faults(Faults(orders_per_10s=2, window_scale=60))
+    url = f"{emulator.base_url}/fapi/v1/order"
+    answers = [
+        await signed(http, "POST", url, market_close("BTCUSDT", "SELL", "0.1", f"qh-oc-{i}"))
+        for i in range(3)
+    ]
+    assert [(status, body.get("code")) for status, body in answers] == [
+        (200, None),
+        (200, None),
+        (429, -1015),
+    ]
+    assert emulator.position_amount("BTCUSDT") == pytest.approx(0.8)
+
+
+async def test_a_clock_offset_moves_server_time_and_the_recv_window(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.set_faults(Faults(clock_offset_ms=-3_000))  # the host runs 3 s ahead of the exchange
+    async with http.get(f"{emulator.base_url}/fapi/v1/time") as response:
+        server_time = (await response.json())["serverTime"]
+    assert server_time < int(time.time() * 1000) - 2_000
+    url = f"{emulator.base_url}/fapi/v3/positionRisk"
+    assert (await signed(http, "GET", url, {}))[1]["code"] == -1021
+    assert (await signed(http, "GET", url, {}, timestamp_ms=server_time))[0] == 200
+
+
+async def test_hedge_mode_shows_two_sides_and_refuses_reduce_only(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.set_faults(Faults(hedge_mode=True))
+    emulator.set_positions({"BTCUSDT": "0.5"})
+    base = emulator.base_url
+    assert await signed(http, "GET", f"{base}/fapi/v1/positionSide/dual", {}) == (
+        200,
+        {"dualSidePosition": True},
+    )
+    _, rows = await signed(http, "GET", f"{base}/fapi/v2/positionRisk", {"symbol": "BTCUSDT"})
+    assert [(row["positionSide"], row["positionAmt"]) for row in rows] == [
+        ("LONG", "0.500"),
+        ("SHORT", "0.000"),
+    ]
+    status, body = await signed(
+        http, "POST", f"{base}/fapi/v1/order", market_close("BTCUSDT", "SELL", "0.1", "h0")
+    )
+    assert (status, body["code"]) == (400, -1106)
+    hedge_close = {**market_close("BTCUSDT", "SELL", "0.1", "h1"), "positionSide": "LONG"}
+    del hedge_close["reduceOnly"]
+    assert (await signed(http, "POST", f"{base}/fapi/v1/order", hedge_close))[0] == 200
+    emulator.set_faults(Faults())
+    assert await signed(http, "GET", f"{base}/fapi/v1/positionSide/dual", {}) == (
+        200,
+        {"dualSidePosition": False},
+    )
 
 
 async def test_order_log_keeps_every_post_in_arrival_order(
@@ -202,7 +363,7 @@ async def test_order_log_keeps_every_post_in_arrival_order(
     base = emulator.base_url
     await signed(http, "POST", f"{base}/fapi/v1/order", market_close("ETHUSDT", "BUY", "0.5", "qh-log-0"))
     await signed(http, "POST", f"{base}/fapi/v1/order", market_close("ETHUSDT", "SELL", "0.5", "qh-log-1"))
-    await signed(http, "POST", f"{base}/fapi/v1/order", stop_close("ETHUSDT", "BUY", "3500", "qh-log-2"))
+    await signed(http, "POST", f"{base}/fapi/v1/algoOrder", stop_close("ETHUSDT", "BUY", "3500", "qh-log-2"))
     async with http.get(f"{base}/_emulator/orders") as response:
         orders = (await response.json())["orders"]
     assert [(o["clientOrderId"], o["type"], o["status"], o["code"]) for o in orders] == [
@@ -262,7 +423,7 @@ async def test_control_endpoints_set_positions_marks_faults_and_reset(
         assert response.status == 200
     # With the mark at 50000 a sell stop at 55000 would trigger at once.
     status, body = await signed(
-        http, "POST", f"{base}/fapi/v1/order", stop_close("BTCUSDT", "SELL", "55000", "s")
+        http, "POST", f"{base}/fapi/v1/algoOrder", stop_close("BTCUSDT", "SELL", "55000", "s")
     )
     assert (status, body["code"]) == (400, -2021)
     async with http.post(f"{base}/_emulator/faults", json={"fail_next": "two"}) as response:

@@ -8,16 +8,23 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
+from redis.asyncio import Redis
 
 import quantum_apply_layer
 from quantum_apply_layer import metrics
 from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS as EMULATED_COSTS
 from quantum_apply_layer.emulator_state import CLIENT_ORDER_ID_PATTERN, Faults
-from quantum_apply_layer.exchange import Exchange, ExchangeError, client_order_id
+from quantum_apply_layer.exchange import Exchange, ExchangeError, PositionModeRefused, client_order_id
+from quantum_apply_layer.exchange_limits import (
+    BLOCKED_UNTIL_KEY,
+    ENDPOINT_COSTS,
+    SharedLimiter,
+)
 
 TIMEOUT_S = 2.0
 
@@ -53,9 +60,8 @@ async def test_bad_credentials_are_auth_errors(
 ) -> None:
     adapter = Exchange(emulator.base_url, key, secret, TIMEOUT_S)
     try:
-        await adapter.open()  # exchangeInfo is public
         with pytest.raises(ExchangeError) as failure:
-            await adapter.position("BTCUSDT")
+            await adapter.open()  # the position mode check is signed: bad credentials show at start
     finally:
         await adapter.close()
     assert (failure.value.kind, failure.value.code) == ("auth", code)
@@ -112,21 +118,30 @@ async def test_close_that_does_not_reduce_is_rejected(
     assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.5)
 
 
-async def test_stop_close_stays_open_and_its_id_cannot_be_reused_while_open(
+async def test_stop_goes_to_the_algo_order_api_and_a_second_one_is_refused(
     emulator: ExchangeEmulator, exchange: Exchange
 ) -> None:
     emulator.set_positions({"ETHUSDT": 1})
-    posts_before = _count("order_new")
+    posts_before = _count("algo_new")
     ack = await exchange.send_stop_market_close("ETHUSDT", "SELL", 2900.004, "qh-plan-e-1")
     assert (ack.client_order_id, ack.status, ack.filled_qty) == ("qh-plan-e-1", "NEW", 0.0)
-    assert _count("order_new") == posts_before + 1  # one POST /fapi/v1/order, the only order route
+    assert _count("algo_new") == posts_before + 1  # one POST /fapi/v1/algoOrder
     [stop] = emulator.orders()
     assert (stop.type, stop.side, stop.close_position, stop.quantity) == ("STOP_MARKET", "SELL", True, None)
     assert stop.stop_price == 2900.0  # rounded to the 0.01 tick
+    [standing] = await exchange.open_stops("ETHUSDT")
+    assert (standing.client_algo_id, standing.trigger_price, standing.close_position) == (
+        "qh-plan-e-1",
+        2900.0,
+        True,
+    )
     with pytest.raises(ExchangeError) as failure:
-        await exchange.send_stop_market_close("ETHUSDT", "SELL", 2800, "qh-plan-e-1")
-    assert (failure.value.kind, failure.value.code) == ("rejected", -4116)
+        await exchange.send_stop_market_close("ETHUSDT", "SELL", 2800, "qh-plan-e-2")
+    assert (failure.value.kind, failure.value.code) == ("rejected", -4130)
     assert not failure.value.outcome_unknown
+    await exchange.cancel_stop("ETHUSDT", standing)
+    await exchange.cancel_stop("ETHUSDT", standing)  # gone already: nothing to do, no error
+    assert await exchange.open_stops("ETHUSDT") == []
     assert (await exchange.position("ETHUSDT")).amount == pytest.approx(1)
 
 
@@ -150,9 +165,10 @@ async def test_find_order_finds_orders_and_stops_and_answers_none_when_absent(
     stop = await exchange.send_stop_market_close("SOLUSDT", "BUY", 170, "qh-plan-g-1")
     rejected_before = sample("apply_exchange_errors_total", kind="rejected")
     assert await exchange.find_order("SOLUSDT", "qh-plan-g-0") == sent
-    assert await exchange.find_order("SOLUSDT", "qh-plan-g-1") == stop
+    assert await exchange.find_stop("SOLUSDT", "qh-plan-g-1") == stop
     assert stop.status == "NEW"
     assert await exchange.find_order("SOLUSDT", "qh-plan-g-2") is None
+    assert await exchange.find_stop("SOLUSDT", "qh-plan-g-2") is None
     assert sample("apply_exchange_errors_total", kind="rejected") == rejected_before  # -2013 is an answer
 
 
@@ -300,3 +316,137 @@ def _subprocess_env() -> dict[str, str]:
 def test_client_order_id_refuses_a_negative_step() -> None:
     with pytest.raises(ValueError, match="step_index"):
         client_order_id("plan", -1)
+
+
+async def test_a_host_clock_ahead_of_the_exchange_still_trades(emulator: ExchangeEmulator) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(clock_offset_ms=-3_000))  # the host runs 3 s ahead: raw timestamps get -1021
+    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, TIMEOUT_S)
+    try:
+        await adapter.open()
+        assert (await adapter.position("BTCUSDT")).amount == pytest.approx(0.5)
+        ack = await adapter.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-clock-0")
+    finally:
+        await adapter.close()
+    assert ack.status == "FILLED"
+    assert sample("apply_exchange_clock_offset_seconds") == pytest.approx(-3.0, abs=0.5)
+
+
+async def test_a_clock_jump_resyncs_once_and_retries_only_the_lookup(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(clock_offset_ms=-4_000))  # after open(): the offset ccxt knows is stale
+    assert (await exchange.position("BTCUSDT")).amount == pytest.approx(0.5)  # -1021, resync, once more
+    emulator.set_faults(Faults(clock_offset_ms=4_000))
+    with pytest.raises(ExchangeError) as refused:
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-jump-0")
+    assert (refused.value.kind, refused.value.code) == ("rejected", -1021)
+    assert [o.status for o in emulator.orders()] == []  # refused before the book: nothing to look up
+    ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-jump-1")  # resynced meanwhile
+    assert ack.status == "FILLED"
+
+
+async def test_an_account_in_hedge_mode_is_refused_at_open(emulator: ExchangeEmulator) -> None:
+    emulator.set_faults(Faults(hedge_mode=True))
+    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, TIMEOUT_S)
+    try:
+        with pytest.raises(PositionModeRefused, match=r"hedge mode .* one-way mode"):
+            await adapter.open()
+    finally:
+        await adapter.close()
+
+
+def shared(emulator: ExchangeEmulator, redis: Redis) -> Exchange:
+    return Exchange(
+        emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, TIMEOUT_S, limiter=SharedLimiter(redis)
+    )
+
+
+async def test_a_429_holds_back_every_process_until_retry_after(
+    emulator: ExchangeEmulator, redis: Redis
+) -> None:
+    first, second = shared(emulator, redis), shared(emulator, redis)
+    try:
+        await first.open()
+        await second.open()
+        emulator.set_positions({"BTCUSDT": 0.5})
+        emulator.set_faults(Faults(weight_per_minute=10, window_scale=60))
+        await first.position("BTCUSDT")
+        await first.position("BTCUSDT")  # 10 of 10
+        with pytest.raises(ExchangeError) as throttled:
+            await first.position("BTCUSDT")
+        assert (throttled.value.kind, throttled.value.code) == ("rate_limit", -1003)
+        throttled_before = sample("apply_exchange_throttled_total", status="418")
+        for adapter in (first, second):  # the other process too: the block is in Redis
+            with pytest.raises(ExchangeError) as held:
+                await adapter.position("BTCUSDT")
+            assert (held.value.kind, "held back" in str(held.value)) == ("rate_limit", True)
+        with pytest.raises(ExchangeError) as held_send:
+            await second.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-held-0")
+        assert not held_send.value.outcome_unknown  # nothing went out: no lookup needed
+    finally:
+        await first.close()
+        await second.close()
+    assert emulator.orders() == []
+    assert sample("apply_exchange_throttled_total", status="418") == throttled_before  # never earned a ban
+    assert 0 < int(await redis.pttl(BLOCKED_UNTIL_KEY)) <= 60_000 * 60
+
+
+async def test_routine_calls_leave_headroom_for_emergency_closes(
+    emulator: ExchangeEmulator, redis: Redis
+) -> None:
+    emulator.set_faults(Faults(weight_per_minute=1000))  # stated in exchangeInfo: routine 800, emergency 950
+    adapter = shared(emulator, redis)
+    try:
+        await adapter.open()
+        emulator.set_positions({"BTCUSDT": 0.5})
+        await SharedLimiter(redis).observe(797, -1, -1)  # what the exchange says this IP has used
+        with pytest.raises(ExchangeError) as held:
+            await adapter.position("BTCUSDT")
+        assert "weight budget used up" in str(held.value)
+        assert (await adapter.position("BTCUSDT", emergency=True)).amount == pytest.approx(0.5)
+        ack = await adapter.send_reduce_only_market("BTCUSDT", "SELL", 0.5, "qh-em-0", emergency=True)
+    finally:
+        await adapter.close()
+    assert ack.status == "FILLED"
+    assert sample("apply_exchange_used_weight") > 0  # fed by X-MBX-USED-WEIGHT-1M
+
+
+def test_every_call_the_adapter_makes_has_a_cost_the_emulator_agrees_with() -> None:
+    paths = {
+        "ping": ("GET", "/fapi/v1/ping"),
+        "time": ("GET", "/fapi/v1/time"),
+        "exchange_info": ("GET", "/fapi/v1/exchangeInfo"),
+        "position_mode": ("GET", "/fapi/v1/positionSide/dual"),
+        "position_risk": ("GET", "/fapi/v3/positionRisk"),
+        "order_query": ("GET", "/fapi/v1/order"),
+        "order_new": ("POST", "/fapi/v1/order"),
+        "algo_new": ("POST", "/fapi/v1/algoOrder"),
+        "algo_query": ("GET", "/fapi/v1/algoOrder"),
+        "algo_cancel": ("DELETE", "/fapi/v1/algoOrder"),
+        "algo_open": ("GET", "/fapi/v1/openAlgoOrders"),
+    }
+    assert set(paths) == set(ENDPOINT_COSTS)
+    for name, route in paths.items():
+        ours, theirs = ENDPOINT_COSTS[name], EMULATED_COSTS[route]
+        assert (ours.weight, ours.orders) == (theirs.weight, theirs.orders), name
+
+
+async def test_an_answer_that_is_only_ack_is_looked_up_for_what_was_filled(
+    emulator: ExchangeEmulator, exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(fill_ratio=0.5))
+    create_order = exchange._client.create_order
+
+    async def ack_only(*args: Any) -> Any:  # an exchange that answers before the order is worked
+        *order, params = args
+        return await create_order(*order, {**params, "newOrderRespType": "ACK"})
+
+    monkeypatch.setattr(exchange._client, "create_order", ack_only)
+    lookups_before = _count("order_query")
+    ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.2, "qh-ack-0")
+    assert (ack.status, ack.filled_qty, ack.orig_qty) == ("EXPIRED", 0.1, 0.2)
+    assert _count("order_query") == lookups_before + 1
+    assert len(emulator.orders()) == 1

@@ -1,4 +1,5 @@
-"""Auto-trip: the service halts itself when something is persistently wrong.
+"""Auto-trip: the service halts itself when something is persistently wrong: exchange failures or refused
+stops in a row, an IP ban by the exchange (HTTP 418), positions that disagree, dead letters.
 
 A condition must hold for `auto_trip_checks` checks in a row (one check a second), so one blip never
 halts trading. Tripping sets the global switch through the same audited script as an operator; it
@@ -51,6 +52,10 @@ class AutoTrip:
         oldest = self._oldest_mismatch_s()
         if settings.auto_trip_mismatch_s and oldest >= settings.auto_trip_mismatch_s:
             held["position_mismatch"] = f"P3.3 and the exchange disagree for {oldest:.0f}s"
+        banned = metrics.REGISTRY.get_sample_value("apply_exchange_ban_remaining_seconds") or 0.0
+        if banned > 0:
+            # Even an emergency close cannot go out: an operator must know, and plans must stop piling up.
+            held["exchange_ban"] = f"the exchange banned this IP (HTTP 418) for {banned:.0f}s more"
         recent = self._dead_letters_in_window(now)
         if settings.auto_trip_dead_letters_per_min and recent > settings.auto_trip_dead_letters_per_min:
             held["dead_letters"] = f"{recent:.0f} dead letters in the last minute"

@@ -43,6 +43,7 @@ EPILOG = """exit codes:
   4  emergency-close refused by the service (the reason is printed)
   5  emergency-close: no result within --wait
   6  kill: set on the primary, but no replica confirmed it (run it again)
+  7  run: the exchange account cannot be traded as set up (hedge mode: switch it to one-way)
 
 environment (read once at start; the env file's lines under the process environment):
   {names}

@@ -71,6 +71,8 @@ class Settings:
     # forgets a claim whose order went out. 1 with Sentinel, 0 (no wait) otherwise.
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 200
+    # How far behind the exchange's clock a signed request may arrive (Binance's recvWindow, max 60 s).
+    exchange_recv_window_ms: int = 5000
 
     def notional_limit(self, symbol: str) -> float | None:
         """The symbol's own limit, else the `*` limit, else none."""
@@ -113,6 +115,7 @@ class Settings:
             "REDIS_SENTINEL_SERVICE": self.redis_sentinel_service,
             "APPLY_REDIS_WAIT_REPLICAS": str(self.redis_wait_replicas),
             "APPLY_REDIS_WAIT_TIMEOUT_MS": str(self.redis_wait_timeout_ms),
+            "APPLY_EXCHANGE_RECV_WINDOW_MS": str(self.exchange_recv_window_ms),
         }
 
 
@@ -155,6 +158,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         redis_sentinel_service=_name(env, "REDIS_SENTINEL_SERVICE", "quantum"),
         redis_wait_replicas=_int(env, "APPLY_REDIS_WAIT_REPLICAS", 1 if sentinels else 0, 0, 10),
         redis_wait_timeout_ms=_int(env, "APPLY_REDIS_WAIT_TIMEOUT_MS", 200, 1, 10_000),
+        exchange_recv_window_ms=_int(env, "APPLY_EXCHANGE_RECV_WINDOW_MS", 5000, 1, 60_000),
     )
 
 

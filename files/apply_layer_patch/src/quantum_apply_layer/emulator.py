@@ -1,26 +1,36 @@
 """quantum-exchange-emulator: the Binance USD-M Futures REST subset the apply layer uses, on loopback.
 
-It answers as Binance does (same paths, signing, error codes and HTTP statuses), so ccxt's
-`binanceusdm` runs against it unchanged with its fapi URLs pointed here. Tests, the benchmark and the
-lab use it; it never talks to a real exchange.
+It answers as Binance does (same paths, signing, error codes, HTTP statuses, rate limits and their
+headers), so ccxt's `binanceusdm` and Binance's own SDK run against it unchanged with their base URL
+pointed here. Tests, the benchmark and the lab use it; it never talks to a real exchange.
 
 Binance endpoints: GET /fapi/v1/ping, /fapi/v1/time, /fapi/v1/exchangeInfo; signed GET
-/fapi/v1/leverageBracket, /fapi/v2/positionRisk, /fapi/v3/positionRisk, /fapi/v1/order; signed POST
-/fapi/v1/order (MARKET, and STOP_MARKET with stopPrice, which stays open: stops never trigger here).
+/fapi/v1/leverageBracket, /fapi/v2/positionRisk, /fapi/v3/positionRisk, /fapi/v1/positionSide/dual,
+/fapi/v1/order, /fapi/v1/algoOrder, /fapi/v1/openAlgoOrders; signed POST /fapi/v1/order (MARKET only;
+conditional types get -4120), /fapi/v1/algoOrder (CONDITIONAL STOP_MARKET / TAKE_PROFIT_MARKET, which
+stay open: stops never trigger here); signed DELETE /fapi/v1/algoOrder. Weights and order counts are
+those of `emulator_limits.ENDPOINT_COSTS`.
 
 Control endpoints (not Binance, unauthenticated, hence loopback only by default):
   GET  /_emulator/info                  {"emulator": "quantum-exchange-emulator", "version": ...}
-  GET  /_emulator/orders                every order POST received, in arrival order
+  GET  /_emulator/orders                every order POST received (plain and algo), in arrival order
   GET  /_emulator/positions             {"BTCUSDT": 0.5, ...} signed amounts
   POST /_emulator/positions             {"BTCUSDT": 0.5, ...} set the named symbols' amounts
   POST /_emulator/marks                 {"BTCUSDT": 65000, ...} set mark prices (fills and stops use them)
-  POST /_emulator/reset                 flat positions, default marks, no orders, no faults
-  GET|POST /_emulator/faults            {"fail_next": N, "fail_code": -1001, "fail_http_status": 503,
-                                         "fail_msg": "...", "latency_ms": M, "drop_next": K}
-    fail_next: the next N order POSTs are refused with that code and status, and not applied;
+  POST /_emulator/reset                 flat positions, default marks, no orders, no faults, no limits used
+  GET|POST /_emulator/faults            faults and settings, every field of `emulator_state.Faults`:
+    fail_next, fail_code, fail_http_status, fail_msg: the next N order POSTs are refused with that code
+                and status, and not applied;
     latency_ms: every order POST is applied, then answered M ms late (a client timeout then leaves an
                 order the client never heard of, the case a lookup must settle);
-    drop_next: the next K order POSTs are not applied and their connection is closed without an answer.
+    drop_next: the next K order POSTs are not applied and their connection is closed without an answer;
+    fill_ratio: the share of a MARKET order that fills (below 1: EXPIRED with part executed);
+    price_protect_next: the next N MARKET orders are refused with -4131;
+    clock_offset_ms: the exchange's clock runs this far ahead of the host's (negative: behind);
+    hedge_mode: dual-side positions (LONG/SHORT rows; reduceOnly refused with -1106);
+    weight_per_minute, orders_per_10s, orders_per_minute, ban_seconds: Binance's limits (2400, 300,
+                1200) and the ban a client earns by going on after a 429; window_scale stretches the
+                windows (tests) without changing the header names.
     A POST replaces the whole set: fields left out go back to their defaults ({} clears every fault).
 """
 
@@ -41,11 +51,13 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from quantum_apply_layer import __version__
 from quantum_apply_layer.config import ConfigError, is_loopback_host, load_credentials
+from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS
 from quantum_apply_layer.emulator_markets import MARKETS, exchange_info, leverage_brackets
-from quantum_apply_layer.emulator_state import BinanceError, ExchangeState, Faults, OrderLogEntry, now_ms
+from quantum_apply_layer.emulator_state import BinanceError, ExchangeState, Faults, OrderLogEntry
 
 EMULATOR_NAME = "quantum-exchange-emulator"
 _DEFAULT_RECV_WINDOW_MS = 5_000
@@ -113,7 +125,7 @@ class _BinanceApi:
             raise BinanceError(401, -2014, "API-key format invalid.")
         if not hmac.compare_digest(key.encode(), self._api_key.encode()):
             raise BinanceError(401, -2015, "Invalid API-key, IP, or permissions for action.")
-        self._check_timestamp(params)
+        self._check_timestamp(params, self._state.server_time_ms())
         signature = query_signature or body_signature
         if not signature:
             raise BinanceError(
@@ -126,7 +138,7 @@ class _BinanceApi:
         return params
 
     @staticmethod
-    def _check_timestamp(params: Mapping[str, str]) -> None:
+    def _check_timestamp(params: Mapping[str, str], server_time: int) -> None:
         try:
             timestamp = int(params["timestamp"])
         except (KeyError, ValueError):
@@ -141,7 +153,6 @@ class _BinanceApi:
             ) from None
         if not 0 < recv_window <= _MAX_RECV_WINDOW_MS:
             raise BinanceError(400, -1131, "recvWindow must be less than 60000")
-        server_time = now_ms()
         if timestamp >= server_time + _FUTURE_TOLERANCE_MS or server_time - timestamp > recv_window:
             raise BinanceError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
 
@@ -182,6 +193,30 @@ class _BinanceApi:
             return _json(order)
 
         return handle
+
+
+def _limits_middleware(state: ExchangeState) -> Middleware:
+    """Count every Binance call against the limits before anything else, as Binance does per IP."""
+
+    @web.middleware
+    async def limits(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        cost = ENDPOINT_COSTS.get((request.method, request.path))
+        if cost is None:
+            return await handler(request)
+        weight = cost.weight
+        if cost.weight_without_symbol is not None and "symbol" not in request.rel_url.query:
+            weight = cost.weight_without_symbol
+        admission = state.limits.admit(weight, cost.orders, state.server_time_ms(), state.limit_settings())
+        response: web.StreamResponse
+        if admission.refusal is not None:
+            refusal = admission.refusal
+            response = _json({"code": refusal.code, "msg": refusal.msg}, status=refusal.http_status)
+        else:
+            response = await handler(request)
+        response.headers.update(admission.headers)
+        return response
+
+    return limits
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -254,10 +289,18 @@ def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Applic
         return _json({})
 
     async def server_time(_: web.Request) -> web.StreamResponse:
-        return _json({"serverTime": now_ms()})
+        return _json({"serverTime": state.server_time_ms()})
 
     async def info(_: web.Request) -> web.StreamResponse:
-        return _json(exchange_info(now_ms()))
+        limits = state.limit_settings()
+        return _json(
+            exchange_info(
+                state.server_time_ms(),
+                limits.weight_per_minute,
+                limits.orders_per_minute,
+                limits.orders_per_10s,
+            )
+        )
 
     def brackets(params: Mapping[str, str]) -> Any:
         symbol = params.get("symbol")
@@ -267,7 +310,7 @@ def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Applic
             raise BinanceError(400, -1121, "Invalid symbol.")
         return leverage_brackets(MARKETS[symbol])
 
-    app = web.Application()
+    app = web.Application(middlewares=[_limits_middleware(state)])
     app.add_routes(
         [
             web.get("/fapi/v1/ping", ping),
@@ -276,8 +319,13 @@ def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Applic
             web.get("/fapi/v1/leverageBracket", api.signed(brackets)),
             web.get("/fapi/v2/positionRisk", api.signed(state.positions_v2)),
             web.get("/fapi/v3/positionRisk", api.signed(state.positions_v3)),
+            web.get("/fapi/v1/positionSide/dual", api.signed(state.position_mode)),
             web.get("/fapi/v1/order", api.signed(state.query_order)),
             web.post("/fapi/v1/order", api.order_post(state.new_order)),
+            web.post("/fapi/v1/algoOrder", api.order_post(state.new_algo_order)),
+            web.get("/fapi/v1/algoOrder", api.signed(state.query_algo_order)),
+            web.delete("/fapi/v1/algoOrder", api.signed(state.cancel_algo_order)),
+            web.get("/fapi/v1/openAlgoOrders", api.signed(state.open_algo_orders)),
             *_control_routes(state),
         ]
     )
@@ -354,6 +402,10 @@ class ExchangeEmulator:
 
     def reset(self) -> None:
         self._state.reset()
+
+    def open_algo_orders(self, symbol: str) -> list[dict[str, Any]]:
+        """The algo orders open for a symbol, as GET /fapi/v1/openAlgoOrders lists them."""
+        return self._state.open_algo_orders({"symbol": symbol})
 
 
 # --- command line -------------------------------------------------------------------------------

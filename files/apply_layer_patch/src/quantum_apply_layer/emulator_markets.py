@@ -147,16 +147,23 @@ def _symbol_info(spec: MarketSpec) -> dict[str, Any]:
     }
 
 
-def exchange_info(server_time_ms: int) -> dict[str, Any]:
-    """The body of GET /fapi/v1/exchangeInfo."""
+def exchange_info(
+    server_time_ms: int, weight_per_minute: int, orders_per_minute: int, orders_per_10s: int
+) -> dict[str, Any]:
+    """The body of GET /fapi/v1/exchangeInfo, stating the limits the emulator enforces."""
     return {
         "timezone": "UTC",
         "serverTime": server_time_ms,
         "futuresType": "U_MARGINED",
         "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
-            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
-            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+            {
+                "rateLimitType": "REQUEST_WEIGHT",
+                "interval": "MINUTE",
+                "intervalNum": 1,
+                "limit": weight_per_minute,
+            },
+            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": orders_per_minute},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": orders_per_10s},
         ],
         "exchangeFilters": [],
         "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],

@@ -6,9 +6,18 @@ while the server's event loop thread serves orders.
 
 Binance rules kept on purpose (the service must cope with each in production):
 - a client order id is unique among OPEN orders only; a FILLED order's id is accepted again;
-- a STOP_MARKET stays open (it never triggers here), so its client id cannot be used again (-4116);
+- conditional types (STOP_MARKET, ...) are refused on /fapi/v1/order with -4120: they live on the algo
+  order API (/fapi/v1/algoOrder), where a stop stays open (it never triggers here), its clientAlgoId
+  cannot be used again while it is open (-4116), and a second closePosition stop in the same direction
+  is refused (-4130);
 - a reduce-only order that would open, flip or exceed the position is refused with -2022;
-- a stop that would trigger at once is refused with -2021.
+- a stop that would trigger at once is refused with -2021;
+- `newOrderRespType=ACK` answers `NEW` with nothing executed; RESULT (what ccxt asks) the final state;
+- in hedge mode (dual-side positions) `reduceOnly` is refused (-1106) and `positionSide` must be
+  LONG or SHORT (-4061); in one-way mode only BOTH.
+
+Settings and faults a test switches on (see `Faults`): a market fill ratio (an order filled in part
+ends EXPIRED), price protection refusals (-4131), a clock offset, hedge mode, and the rate limits.
 """
 
 import itertools
@@ -21,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from quantum_apply_layer.emulator_limits import LimitSettings, RateLimits
 from quantum_apply_layer.emulator_markets import MARKETS, MarketSpec
 
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
@@ -52,11 +62,26 @@ def _not_required(name: str) -> BinanceError:
 
 
 ORDER_NOT_FOUND = BinanceError(400, -2013, "Order does not exist.")
+CONDITIONAL_TYPES = frozenset(
+    {"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"}
+)
+_ALGO_ONLY = "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead."
+# The conditional types the emulator's algo order API serves (the ones the apply layer uses and their twin).
+_ALGO_TYPES = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET"})
+_INT_FIELDS_NON_NEGATIVE = ("fail_next", "latency_ms", "drop_next", "price_protect_next")
+_INT_FIELDS_POSITIVE = (
+    "weight_per_minute",
+    "orders_per_10s",
+    "orders_per_minute",
+    "ban_seconds",
+    "window_scale",
+)
 
 
 @dataclass
 class Faults:
-    """What the next order POSTs suffer. Replaced as a whole by POST /_emulator/faults."""
+    """Faults the next order POSTs suffer, and the account's settings. Replaced as a whole by
+    POST /_emulator/faults: fields left out go back to their defaults (Binance's own)."""
 
     fail_next: int = 0
     fail_code: int = -1001
@@ -64,6 +89,19 @@ class Faults:
     fail_msg: str = "Internal error; unable to process your request. Please try again."
     latency_ms: int = 0
     drop_next: int = 0
+    # Share of a MARKET order the book can fill; the rest expires (status EXPIRED, executedQty partial).
+    fill_ratio: float = 1.0
+    # The next N MARKET orders are refused by price protection (-4131).
+    price_protect_next: int = 0
+    # The exchange's clock minus the host's: signed requests are judged against the exchange's.
+    clock_offset_ms: int = 0
+    # Dual-side positions (hedge mode) instead of one-way.
+    hedge_mode: bool = False
+    weight_per_minute: int = 2400
+    orders_per_10s: int = 300
+    orders_per_minute: int = 1200
+    ban_seconds: int = 120
+    window_scale: int = 1
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "Faults":
@@ -74,10 +112,16 @@ class Faults:
         values: dict[str, Any] = {}
         for name, default in asdict(defaults).items():
             value = body.get(name, default)
+            if isinstance(default, float) and type(value) is int:
+                value = float(value)
             if type(value) is not type(default):
                 raise ValueError(f"{name} must be a {type(default).__name__}")
-            if isinstance(value, int) and name in ("fail_next", "latency_ms", "drop_next") and value < 0:
+            if name in _INT_FIELDS_NON_NEGATIVE and value < 0:
                 raise ValueError(f"{name} must not be negative")
+            if name in _INT_FIELDS_POSITIVE and value <= 0:
+                raise ValueError(f"{name} must be positive")
+            if name == "fill_ratio" and not 0 <= value <= 1:
+                raise ValueError("fill_ratio must be between 0 and 1")
             values[name] = value
         return cls(**values)
 
@@ -209,6 +253,17 @@ def _fmt(value: Decimal, places: int) -> str:
     return f"{value:.{places}f}"
 
 
+def _round_down(quantity: Decimal, step: Decimal) -> Decimal:
+    return (quantity // step) * step
+
+
+def _algo_query_view(order: Mapping[str, Any]) -> dict[str, Any]:
+    """An algo order as GET /fapi/v1/algoOrder shows it: never triggered here, so no actual order."""
+    view = {key: value for key, value in order.items() if key not in ("activatePrice", "callbackRate")}
+    view.update({"actualOrderId": "", "actualPrice": "0.00000", "tpOrderType": "", "tpTriggerPrice": ""})
+    return view
+
+
 @dataclass
 class _Book:
     positions: dict[str, Decimal] = field(default_factory=dict)
@@ -221,6 +276,8 @@ class _Book:
     open_client_ids: set[str] = field(default_factory=set)
     log: deque[OrderLogEntry] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
     faults: Faults = field(default_factory=Faults)
+    algo_orders: dict[int, dict[str, Any]] = field(default_factory=dict)
+    algo_by_client_id: dict[str, int] = field(default_factory=dict)
 
 
 class ExchangeState:
@@ -231,12 +288,14 @@ class ExchangeState:
         self._book = _Book()
         # Exchange ids never repeat, not even across a reset, as on the real exchange.
         self._order_ids = itertools.count(8_389_765_000)
+        self.limits = RateLimits()
 
     # --- control -------------------------------------------------------------------------------
 
     def reset(self) -> None:
         with self._lock:
             self._book = _Book()
+        self.limits.reset()
 
     def set_positions(self, amounts: Mapping[str, Any]) -> None:
         """Set signed position amounts (long > 0); symbols not named keep theirs."""
@@ -258,6 +317,22 @@ class ExchangeState:
     def faults(self) -> Faults:
         with self._lock:
             return Faults(**asdict(self._book.faults))
+
+    def server_time_ms(self) -> int:
+        """The exchange's clock: the host's plus the configured offset."""
+        with self._lock:
+            return now_ms() + self._book.faults.clock_offset_ms
+
+    def limit_settings(self) -> LimitSettings:
+        with self._lock:
+            faults = self._book.faults
+            return LimitSettings(
+                faults.weight_per_minute,
+                faults.orders_per_10s,
+                faults.orders_per_minute,
+                faults.ban_seconds,
+                faults.window_scale,
+            )
 
     def take_fault(self) -> tuple[str | None, Faults]:
         """Consume one fault for an order POST: ("drop" | "fail" | None, the fault settings)."""
@@ -296,7 +371,8 @@ class ExchangeState:
             except BinanceError as error:
                 self._log(params, received, "REJECTED", error.code, None)
                 raise
-            self._log(params, received, order["status"], None, order["orderId"])
+            booked = self._book.orders[order["orderId"]]["status"]  # the order's state, whatever the answer
+            self._log(params, received, booked, None, order["orderId"])
             return order
 
     def query_order(self, params: Mapping[str, str]) -> dict[str, Any]:
@@ -322,17 +398,77 @@ class ExchangeState:
                 raise ORDER_NOT_FOUND
             return dict(order)
 
+    def new_algo_order(self, params: Mapping[str, str], received: float) -> dict[str, Any]:
+        """POST /fapi/v1/algoOrder: a conditional order; it stays NEW (it never triggers here)."""
+        with self._lock:
+            try:
+                order = self._new_algo_order(params)
+            except BinanceError as error:
+                self._log(params, received, "REJECTED", error.code, None)
+                raise
+            self._log(params, received, order["algoStatus"], None, order["algoId"])
+            return dict(order)
+
+    def query_algo_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """GET /fapi/v1/algoOrder by algoId or clientAlgoId (the newest carrying that id)."""
+        with self._lock:
+            order = self._find_algo(params)
+            if order is None:
+                raise ORDER_NOT_FOUND
+            return _algo_query_view(order)
+
+    def cancel_algo_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """DELETE /fapi/v1/algoOrder: an open algo order is CANCELED; any other is unknown (-2011)."""
+        with self._lock:
+            order = self._find_algo(params)
+            if order is None or order["algoStatus"] != "NEW":
+                raise BinanceError(400, -2011, "Unknown order sent.")
+            order["algoStatus"] = "CANCELED"
+            order["updateTime"] = now_ms()
+            return {
+                "algoId": order["algoId"],
+                "clientAlgoId": order["clientAlgoId"],
+                "code": "200",
+                "msg": "success",
+            }
+
+    def open_algo_orders(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        """GET /fapi/v1/openAlgoOrders: the open ones, of one symbol or of all."""
+        symbol = _market(params).symbol if params.get("symbol") else None
+        with self._lock:
+            return [
+                _algo_query_view(order)
+                for order in self._book.algo_orders.values()
+                if order["algoStatus"] == "NEW" and symbol in (None, order["symbol"])
+            ]
+
+    def open_algo_order_count(self) -> int:
+        with self._lock:
+            return sum(order["algoStatus"] == "NEW" for order in self._book.algo_orders.values())
+
+    def position_mode(self, _: Mapping[str, str]) -> dict[str, Any]:
+        """GET /fapi/v1/positionSide/dual."""
+        with self._lock:
+            return {"dualSidePosition": self._book.faults.hedge_mode}
+
     def positions_v2(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
-        """GET /fapi/v2/positionRisk: one entry per symbol, flat ones included."""
+        """GET /fapi/v2/positionRisk: one entry per symbol and position side, flat ones included."""
         specs = [_market(params)] if params.get("symbol") else list(MARKETS.values())
         with self._lock:
-            return [self._position_v2(spec) for spec in specs]
+            return [
+                self._position_v2(spec, side, amount) for spec in specs for side, amount in self._rows(spec)
+            ]
 
     def positions_v3(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
-        """GET /fapi/v3/positionRisk: only symbols with a position, as Binance's v3 does."""
+        """GET /fapi/v3/positionRisk: only rows with a position, as Binance's v3 does."""
         specs = [_market(params)] if params.get("symbol") else list(MARKETS.values())
         with self._lock:
-            return [self._position_v3(spec) for spec in specs if self._book.positions.get(spec.symbol, _ZERO)]
+            return [
+                self._position_v3(spec, side, amount)
+                for spec in specs
+                for side, amount in self._rows(spec)
+                if amount
+            ]
 
     # --- internals (lock held) ---------------------------------------------------------------------
 
@@ -342,14 +478,38 @@ class ExchangeState:
         order_type = params.get("type")
         if not order_type:
             raise _mandatory("type")
-        if order_type == "MARKET":
-            order = self._new_market_order(spec, side, params)
-        elif order_type == "STOP_MARKET":
-            order = self._new_stop_market(spec, side, params)
-        else:
+        if order_type in CONDITIONAL_TYPES:
+            raise BinanceError(400, -4120, _ALGO_ONLY)
+        if order_type != "MARKET":
             raise BinanceError(400, -1116, "Invalid orderType.")
+        resp_type = params.get("newOrderRespType", "ACK")
+        if resp_type not in ("ACK", "RESULT"):
+            raise BinanceError(400, -1116, "Invalid newOrderRespType.")
+        order = self._new_market_order(spec, side, params)
         self._remember(order)
+        if resp_type == "ACK":
+            # Accepted, not yet worked: only a lookup tells what was filled.
+            return {
+                **order,
+                "status": "NEW",
+                "executedQty": "0",
+                "cumQty": "0",
+                "cumQuote": "0",
+                "avgPrice": "0.00",
+            }
         return order
+
+    def _position_side(self, params: Mapping[str, str]) -> str:
+        """Binance's position mode rules: one-way takes BOTH only; hedge mode LONG or SHORT, no reduceOnly."""
+        position_side = params.get("positionSide", "BOTH")
+        if self._book.faults.hedge_mode:
+            if "reduceOnly" in params:
+                raise _not_required("reduceOnly")
+            if position_side not in ("LONG", "SHORT"):
+                raise BinanceError(400, -4061, "Order's position side does not match user's setting.")
+        elif position_side != "BOTH":
+            raise BinanceError(400, -4061, "Order's position side does not match user's setting.")
+        return position_side
 
     def _free_client_id(self, params: Mapping[str, str], order_id: int) -> str:
         """The order's client id, refused while an open order holds it (Binance's uniqueness rule)."""
@@ -374,9 +534,15 @@ class ExchangeState:
         for name in ("closePosition", "stopPrice", "price"):
             if name in params:
                 raise _not_required(name)
+        position_side = self._position_side(params)
         reduce_only = _bool_param(params, "reduceOnly")
         quantity = _decimal_param(params, "quantity")
         _check_quantity(spec, quantity)
+        if self._book.faults.price_protect_next > 0:
+            self._book.faults.price_protect_next -= 1
+            raise BinanceError(
+                400, -4131, "The counterparty's best price does not meet the PERCENT_PRICE filter limit."
+            )
         order_id = next(self._order_ids)
         # A MARKET order fills at once, so it never holds its client id among the open orders: the same id
         # is accepted again (Binance's rule), and only a lookup tells a retried plan it already ran.
@@ -387,27 +553,29 @@ class ExchangeState:
             position == _ZERO or (position > _ZERO) == (signed_qty > _ZERO) or quantity > abs(position)
         ):
             raise BinanceError(400, -2022, "ReduceOnly Order is rejected.")
-        self._apply_fill(spec, signed_qty)
+        # A thin book fills part of the order; the rest expires (price protection, liquidity).
+        filled = _round_down(quantity * Decimal(str(self._book.faults.fill_ratio)), spec.step_size)
+        self._apply_fill(spec, filled if side == "BUY" else -filled)
         mark = self._book.marks[spec.symbol]
-        qty_text = _fmt(quantity, spec.quantity_precision)
+        filled_text = _fmt(filled, spec.quantity_precision)
         stamp = now_ms()
         return {
             "orderId": order_id,
             "symbol": spec.symbol,
-            "status": "FILLED",
+            "status": "FILLED" if filled == quantity else "EXPIRED",
             "clientOrderId": client_id,
             "price": "0",
-            "avgPrice": _fmt(mark, spec.price_precision),
-            "origQty": qty_text,
-            "executedQty": qty_text,
-            "cumQty": qty_text,
-            "cumQuote": _fmt(quantity * mark, 8),
+            "avgPrice": _fmt(mark if filled else _ZERO, spec.price_precision),
+            "origQty": _fmt(quantity, spec.quantity_precision),
+            "executedQty": filled_text,
+            "cumQty": filled_text,
+            "cumQuote": _fmt(filled * mark, 8),
             "timeInForce": "GTC",
             "type": "MARKET",
             "reduceOnly": reduce_only,
             "closePosition": False,
             "side": side,
-            "positionSide": "BOTH",
+            "positionSide": position_side,
             "stopPrice": "0",
             "workingType": "CONTRACT_PRICE",
             "priceProtect": False,
@@ -419,9 +587,19 @@ class ExchangeState:
             "updateTime": stamp,
         }
 
-    def _new_stop_market(self, spec: MarketSpec, side: str, params: Mapping[str, str]) -> dict[str, Any]:
+    def _new_algo_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+        if params.get("algoType") != "CONDITIONAL":
+            raise _mandatory("algoType")
+        spec = _market(params)
+        side = _side(params)
+        order_type = params.get("type")
+        if not order_type:
+            raise _mandatory("type")
+        if order_type not in _ALGO_TYPES:
+            raise BinanceError(400, -1116, "Invalid orderType.")
         if "price" in params:
             raise _not_required("price")
+        position_side = self._position_side(params)
         close_position = _bool_param(params, "closePosition")
         reduce_only = _bool_param(params, "reduceOnly")
         quantity = _ZERO
@@ -432,42 +610,82 @@ class ExchangeState:
         else:
             quantity = _decimal_param(params, "quantity")
             _check_quantity(spec, quantity)
-        stop_price = _decimal_param(params, "stopPrice")
-        _check_price(spec, stop_price)
+        trigger = _decimal_param(params, "triggerPrice")
+        _check_price(spec, trigger)
         mark = self._book.marks[spec.symbol]
-        if (side == "SELL" and stop_price >= mark) or (side == "BUY" and stop_price <= mark):
+        falling = (order_type == "STOP_MARKET") == (side == "SELL")
+        if (falling and trigger >= mark) or (not falling and trigger <= mark):
             raise BinanceError(400, -2021, "Order would immediately trigger.")
-        order_id = next(self._order_ids)
-        client_id = self._free_client_id(params, order_id)
+        if close_position and any(
+            other["symbol"] == spec.symbol
+            and other["side"] == side
+            and other["orderType"] == order_type
+            and other["closePosition"]
+            and other["algoStatus"] == "NEW"
+            for other in self._book.algo_orders.values()
+        ):
+            raise BinanceError(
+                400,
+                -4130,
+                "An open stop or take profit order with GTE and closePosition in the direction is existing.",
+            )
+        algo_id = next(self._order_ids)
+        client_id = params.get("clientAlgoId") or f"emualgo{algo_id}"
+        if not CLIENT_ORDER_ID_PATTERN.match(client_id):
+            raise BinanceError(
+                400,
+                -1100,
+                "Illegal characters found in parameter 'clientAlgoId'; "
+                "legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.",
+            )
+        held = self._book.algo_by_client_id.get(client_id)
+        if held is not None and self._book.algo_orders[held]["algoStatus"] == "NEW":
+            raise BinanceError(400, -4116, "ClientOrderId is duplicated.")
         stamp = now_ms()
-        return {
-            "orderId": order_id,
+        order: dict[str, Any] = {
+            "algoId": algo_id,
+            "clientAlgoId": client_id,
+            "algoType": "CONDITIONAL",
+            "orderType": order_type,
             "symbol": spec.symbol,
-            "status": "NEW",
-            "clientOrderId": client_id,
-            "price": "0",
-            "avgPrice": "0",
-            "origQty": _fmt(quantity, spec.quantity_precision),
-            "executedQty": "0",
-            "cumQty": "0",
-            "cumQuote": "0",
-            # Binance answers a closePosition stop as reduce-only and good till its position closes.
-            "timeInForce": "GTE_GTC" if close_position else "GTC",
-            "type": "STOP_MARKET",
-            "reduceOnly": close_position or reduce_only,
-            "closePosition": close_position,
             "side": side,
-            "positionSide": "BOTH",
-            "stopPrice": _fmt(stop_price, spec.price_precision),
-            "workingType": params.get("workingType", "CONTRACT_PRICE"),
-            "priceProtect": False,
-            "origType": "STOP_MARKET",
-            "priceMatch": "NONE",
+            "positionSide": position_side,
+            # Binance answers a closePosition stop as good till its position closes.
+            "timeInForce": "GTE_GTC" if close_position else "GTC",
+            "quantity": _fmt(quantity, spec.quantity_precision),
+            "algoStatus": "NEW",
+            "triggerPrice": _fmt(trigger, spec.price_precision),
+            "price": _fmt(_ZERO, spec.price_precision),
+            "icebergQuantity": None,
             "selfTradePreventionMode": "EXPIRE_MAKER",
-            "goodTillDate": 0,
-            "time": stamp,
+            "workingType": params.get("workingType", "CONTRACT_PRICE"),
+            "priceMatch": "NONE",
+            "closePosition": close_position,
+            "priceProtect": _bool_param(params, "priceProtect"),
+            "reduceOnly": close_position or reduce_only,
+            "activatePrice": "",
+            "callbackRate": "",
+            "createTime": stamp,
             "updateTime": stamp,
+            "triggerTime": 0,
+            "goodTillDate": 0,
         }
+        self._book.algo_orders[algo_id] = order
+        self._book.algo_by_client_id[client_id] = algo_id
+        return order
+
+    def _find_algo(self, params: Mapping[str, str]) -> dict[str, Any] | None:
+        if params.get("algoId"):
+            try:
+                return self._book.algo_orders.get(int(params["algoId"]))
+            except ValueError:
+                raise _mandatory("algoId") from None
+        if params.get("clientAlgoId"):
+            algo_id = self._book.algo_by_client_id.get(params["clientAlgoId"])
+            return self._book.algo_orders.get(algo_id) if algo_id is not None else None
+        raise BinanceError(
+            400, -1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!"
+        )
 
     def _apply_fill(self, spec: MarketSpec, signed_qty: Decimal) -> None:
         before = self._book.positions.get(spec.symbol, _ZERO)
@@ -487,13 +705,13 @@ class ExchangeState:
     ) -> None:
         self._book.log.append(
             OrderLogEntry(
-                client_order_id=params.get("newClientOrderId"),
+                client_order_id=params.get("newClientOrderId") or params.get("clientAlgoId"),
                 order_id=order_id,
                 symbol=params.get("symbol"),
                 side=params.get("side"),
                 type=params.get("type"),
                 quantity=_loose_float(params.get("quantity")),
-                stop_price=_loose_float(params.get("stopPrice")),
+                stop_price=_loose_float(params.get("triggerPrice") or params.get("stopPrice")),
                 reduce_only=params.get("reduceOnly", "").lower() == "true",
                 close_position=params.get("closePosition", "").lower() == "true",
                 status=status,
@@ -502,13 +720,19 @@ class ExchangeState:
             )
         )
 
-    def _position_common(self, spec: MarketSpec) -> dict[str, Any]:
+    def _rows(self, spec: MarketSpec) -> list[tuple[str, Decimal]]:
+        """One-way: one BOTH row. Hedge mode: a LONG and a SHORT row (a short's amount is negative)."""
         amount = self._book.positions.get(spec.symbol, _ZERO)
+        if not self._book.faults.hedge_mode:
+            return [("BOTH", amount)]
+        return [("LONG", max(amount, _ZERO)), ("SHORT", min(amount, _ZERO))]
+
+    def _position_common(self, spec: MarketSpec, side: str, amount: Decimal) -> dict[str, Any]:
         mark = self._book.marks[spec.symbol]
         entry = self._book.entry_prices.get(spec.symbol, _ZERO) if amount else _ZERO
         return {
             "symbol": spec.symbol,
-            "positionSide": "BOTH",
+            "positionSide": side,
             "positionAmt": _fmt(amount, spec.quantity_precision),
             "entryPrice": _fmt(entry, spec.price_precision),
             "breakEvenPrice": _fmt(entry, spec.price_precision),
@@ -521,8 +745,8 @@ class ExchangeState:
             "updateTime": now_ms(),
         }
 
-    def _position_v2(self, spec: MarketSpec) -> dict[str, Any]:
-        entry = self._position_common(spec)
+    def _position_v2(self, spec: MarketSpec, side: str, amount: Decimal) -> dict[str, Any]:
+        entry = self._position_common(spec, side, amount)
         entry.update(
             {
                 "leverage": "20",
@@ -533,8 +757,8 @@ class ExchangeState:
         )
         return entry
 
-    def _position_v3(self, spec: MarketSpec) -> dict[str, Any]:
-        entry = self._position_common(spec)
+    def _position_v3(self, spec: MarketSpec, side: str, amount: Decimal) -> dict[str, Any]:
+        entry = self._position_common(spec, side, amount)
         notional = abs(Decimal(entry["notional"]))
         entry.update(
             {

@@ -1,17 +1,26 @@
 """From a gated plan step to at most one exchange order.
 
 Sizing is pure (testable without an exchange). Sending is never retried: a retried POST could open a
-second order. A plan resumed after a crash first looks its orders up by client order id, and sends
-only the steps the exchange has never seen.
+second order. A plan resumed after a crash first looks its orders up by client id (`clientAlgoId` for a
+stop), and sends only the steps the exchange has never seen.
+
+A stop-loss update replaces the position's protective stop: Binance refuses a second closePosition stop
+in the same direction (-4130), so the standing one is cancelled first and the new one placed next. A
+crash between the two leaves the position without a stop until the plan resumes: the lookup by
+`clientAlgoId` finds nothing, the open stops are listed again (none), and the new stop is placed.
+
+A close records what the exchange filled, not what was asked: a close filled in part is `sent` with its
+`filled_qty` short of its `quantity` (the plan is then `partial`), one that filled nothing is `rejected`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 from . import metrics
@@ -22,21 +31,31 @@ log = logging.getLogger(__name__)
 Side = Literal["BUY", "SELL"]
 # Amounts closer than this are the same position (exchange quantities have at most 8 decimals).
 POSITION_TOLERANCE = 1e-9
+_CODE_IN_DETAIL = re.compile(r"code=(-?\d+)")
+# Final states of a market order in which nothing more will fill.
+_NOTHING_FILLED = frozenset({"EXPIRED", "CANCELED", "REJECTED", "EXPIRED_IN_MATCH"})
 
 
 @dataclass(frozen=True)
 class StepOutcome:
     index: int
     step: str
-    status: str  # sent, found (sent before a crash), nothing_to_do, blocked, rejected, error
+    status: str  # sent, found (sent before a crash), nothing_to_do, blocked, held_back, rejected, error
     client_order_id: str
     exchange_order_id: str = ""
     detail: str = ""
-    quantity: float = 0.0
+    quantity: float = 0.0  # asked (a close), 0 for a stop
+    filled_qty: float = 0.0  # what the exchange says it executed
+    exchange_status: str = ""  # the exchange's status: FILLED, EXPIRED, NEW, ...
 
     @property
     def placed(self) -> bool:
         return self.status in {"sent", "found"}
+
+    @property
+    def complete(self) -> bool:
+        """Placed, and for a close, filled in full."""
+        return self.placed and self.filled_qty >= self.quantity - POSITION_TOLERANCE
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -119,13 +138,14 @@ class StepExecutor:
         coid = client_order_id(plan.plan_id, index)
         try:
             if resumed:
-                found = await self._exchange.find_order(plan.symbol, coid)
+                found = await self._find(plan, step, coid)
                 if found is not None:
                     return self._outcome(index, step, "found", coid, found, "sent before a restart")
             outcome = await self._send(plan, index, step, coid, p33)
         except ExchangeError as error:
             outcome = await self._after_error(plan, index, step, coid, error)
-        if outcome.status == "error":
+        if outcome.status == "error" or self._stop_refused(step, outcome):
+            # A refused stop leaves a position unprotected: the gate cannot do its job, as with an error.
             self.error_streak += 1
         elif outcome.placed:
             self.error_streak = 0
@@ -141,10 +161,24 @@ class StepExecutor:
             self.error_streak += 1
         return outcome
 
+    async def _find(self, plan: Plan, step: Step, coid: str) -> OrderAck | None:
+        """The step's order at the exchange, by its client id: a stop on the algo order API."""
+        if step.order_type is OrderType.STOP_LOSS_ORDER:
+            return await self._exchange.find_stop(plan.symbol, coid)
+        return await self._exchange.find_order(plan.symbol, coid, emergency=plan.emergency)
+
+    @staticmethod
+    def _stop_refused(step: Step, outcome: StepOutcome) -> bool:
+        if step.order_type is not OrderType.STOP_LOSS_ORDER or outcome.status != "rejected":
+            return False
+        code = _CODE_IN_DETAIL.search(outcome.detail)
+        metrics.apply_stop_loss_refused_total.labels(code.group(1) if code else "none").inc()
+        return True
+
     async def _send(
         self, plan: Plan, index: int, step: Step, coid: str, p33: dict[str, object]
     ) -> StepOutcome:
-        held = await self._exchange.position(plan.symbol)
+        held = await self._exchange.position(plan.symbol, emergency=plan.emergency)
         position = held.amount
         if plan.emergency:
             return await self._emergency_close(plan, index, step, coid, held)
@@ -161,8 +195,7 @@ class StepExecutor:
             too_large = notional_verdict(abs(position), step.price, self._notional_limit(plan.symbol))
             if too_large:
                 return self._blocked_by_notional(index, step, coid, too_large)
-            ack = await self._exchange.send_stop_market_close(plan.symbol, side, step.price, coid)
-            return self._sent(index, step, coid, ack, 0.0)
+            return await self._replace_stop(plan, index, step, coid, side, step.price)
         quantity = close_quantity(step, position, _float(p33.get("safe_close_qty")))
         if quantity <= 0:
             return StepOutcome(index, step.kind, "nothing_to_do", coid, detail="safe_close_qty is 0")
@@ -171,6 +204,26 @@ class StepExecutor:
             return self._blocked_by_notional(index, step, coid, too_large)
         ack = await self._exchange.send_reduce_only_market(plan.symbol, side, quantity, coid)
         return self._sent(index, step, coid, ack, quantity)
+
+    async def _replace_stop(
+        self, plan: Plan, index: int, step: Step, coid: str, side: Side, price: float
+    ) -> StepOutcome:
+        """Exactly one protective stop for the position afterwards: cancel the standing one(s), then place."""
+        standing = [
+            stop
+            for stop in await self._exchange.open_stops(plan.symbol)
+            if stop.close_position and stop.side == side and stop.order_type == "STOP_MARKET"
+        ]
+        mine = [stop for stop in standing if stop.client_algo_id == coid]
+        if mine:
+            ack = OrderAck(coid, mine[0].algo_id, "NEW", 0.0, 0.0)
+            return self._outcome(index, step, "found", coid, ack, "placed before a restart")
+        for stop in standing:
+            await self._exchange.cancel_stop(plan.symbol, stop)
+        ack = await self._exchange.send_stop_market_close(plan.symbol, side, price, coid)
+        outcome = self._sent(index, step, coid, ack, 0.0)
+        replaced = ",".join(stop.client_algo_id for stop in standing)
+        return replace(outcome, detail=f"{ack.status}; replaced {replaced}") if standing else outcome
 
     async def _emergency_close(
         self, plan: Plan, index: int, step: Step, coid: str, held: Position
@@ -183,7 +236,7 @@ class StepExecutor:
             return StepOutcome(index, step.kind, "blocked", coid, detail=detail)
         quantity = close_quantity(step, held.amount, None)
         ack = await self._exchange.send_reduce_only_market(
-            plan.symbol, close_side(held.amount), quantity, coid
+            plan.symbol, close_side(held.amount), quantity, coid, emergency=True
         )
         return self._sent(index, step, coid, ack, quantity)
 
@@ -198,23 +251,54 @@ class StepExecutor:
         """A timeout leaves it unknown whether the exchange took the order: ask it, once, before saying."""
         if error.outcome_unknown:
             try:
-                found = await self._exchange.find_order(plan.symbol, coid)
+                found = await self._find(plan, step, coid)
             except ExchangeError as lookup_error:
                 detail = f"{error.kind}: {error}; lookup failed too ({lookup_error.kind}): outcome unknown"
                 return StepOutcome(index, step.kind, "error", coid, detail=detail)
             if found is not None:
                 return self._outcome(index, step, "found", coid, found, f"{error.kind}, then found")
+        if error.kind == "rate_limit" and error.code is None:
+            # Held back by our own limiter or a Retry-After: nothing was sent, the gate works as meant.
+            return StepOutcome(index, step.kind, "held_back", coid, detail=str(error))
         status = "rejected" if error.kind == "rejected" else "error"
         code = f" code={error.code}" if error.code is not None else ""
         return StepOutcome(index, step.kind, status, coid, detail=f"{error.kind}{code}: {error}")
 
     def _sent(self, index: int, step: Step, coid: str, ack: OrderAck, quantity: float) -> StepOutcome:
+        if quantity > 0 and ack.filled_qty <= 0 and ack.status in _NOTHING_FILLED:
+            detail = f"{ack.status}: the exchange filled nothing of {quantity:g}"
+            return StepOutcome(
+                index, step.kind, "rejected", coid, ack.exchange_order_id, detail, quantity, 0.0, ack.status
+            )
         metrics.apply_last_execution_timestamp_seconds.set(time.time())
-        return StepOutcome(index, step.kind, "sent", coid, ack.exchange_order_id, ack.status, quantity)
+        detail = ack.status
+        if quantity > 0 and ack.filled_qty < quantity - POSITION_TOLERANCE:
+            detail = f"{ack.status}: filled {ack.filled_qty:g} of {quantity:g}"
+        return StepOutcome(
+            index,
+            step.kind,
+            "sent",
+            coid,
+            ack.exchange_order_id,
+            detail,
+            quantity,
+            ack.filled_qty,
+            ack.status,
+        )
 
     @staticmethod
     def _outcome(index: int, step: Step, status: str, coid: str, ack: OrderAck, detail: str) -> StepOutcome:
-        return StepOutcome(index, step.kind, status, coid, ack.exchange_order_id, detail, ack.filled_qty)
+        return StepOutcome(
+            index,
+            step.kind,
+            status,
+            coid,
+            ack.exchange_order_id,
+            detail,
+            ack.orig_qty,
+            ack.filled_qty,
+            ack.status,
+        )
 
 
 def _float(value: object) -> float | None:

@@ -172,3 +172,44 @@ apply_consumer_group_recreated_total = Counter(
     "Times the plan stream's consumer group was found gone (deleted, or Redis lost its data) and made again.",
     registry=REGISTRY,
 )
+
+# --- The exchange's limits, clock and refusals (issue 13). ---
+apply_exchange_used_weight = Gauge(
+    "apply_exchange_used_weight",
+    "Request weight used in the exchange's current minute, as it last said (X-MBX-USED-WEIGHT-1M).",
+    registry=REGISTRY,
+)
+apply_exchange_order_count = Gauge(
+    "apply_exchange_order_count",
+    "Orders counted by the exchange in its current window (X-MBX-ORDER-COUNT-10S / -1M), by interval.",
+    ["interval"],
+    registry=REGISTRY,
+)
+apply_exchange_throttled_total = Counter(
+    "apply_exchange_throttled",
+    "Answers refusing a request over the exchange's limits: status 429 (wait) or 418 (IP banned).",
+    ["status"],
+    registry=REGISTRY,
+)
+apply_exchange_ban_remaining_seconds = Gauge(
+    "apply_exchange_ban_remaining_seconds",
+    "Seconds until the exchange's IP ban (HTTP 418) ends; 0 when not banned. Nothing can be sent meanwhile.",
+    registry=REGISTRY,
+)
+apply_exchange_held_back_total = Counter(
+    "apply_exchange_held_back",
+    "Requests the apply layer did not send to stay under a limit or to honour Retry-After, by limit.",
+    ["limit"],
+    registry=REGISTRY,
+)
+apply_exchange_clock_offset_seconds = Gauge(
+    "apply_exchange_clock_offset_seconds",
+    "The exchange's clock minus this host's, as last measured (GET /fapi/v1/time).",
+    registry=REGISTRY,
+)
+apply_stop_loss_refused_total = Counter(
+    "apply_stop_loss_refused",
+    "Protective stops the exchange refused, by Binance error code: the position may stand unprotected.",
+    ["code"],
+    registry=REGISTRY,
+)

@@ -15,8 +15,9 @@ from redis.asyncio.sentinel import Sentinel
 
 from . import __version__, metrics
 from .config import Credentials, Settings
-from .exchange import Exchange
-from .exits import EXIT_CONFIG, EXIT_REDIS
+from .exchange import Exchange, PositionModeRefused
+from .exchange_limits import SharedLimiter
+from .exits import EXIT_CONFIG, EXIT_EXCHANGE, EXIT_REDIS
 from .monitor import Monitor, Notifier
 from .permits import NotificationsOff
 from .service import ApplyLayer
@@ -91,7 +92,12 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
         ) from None
     redis = connect_redis(settings)
     exchange = Exchange(
-        settings.exchange_url, credentials.api_key, credentials.api_secret, settings.exchange_timeout_s
+        settings.exchange_url,
+        credentials.api_key,
+        credentials.api_secret,
+        settings.exchange_timeout_s,
+        limiter=SharedLimiter(redis),  # the account's limits, counted for every process sharing Redis
+        recv_window_ms=settings.exchange_recv_window_ms,
     )
     service = ApplyLayer(settings, redis, exchange)
     notify = Notifier()
@@ -110,6 +116,8 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
         await run_task
     except NotificationsOff as error:
         raise StartupError(EXIT_REDIS, str(error)) from None
+    except PositionModeRefused as refused:
+        raise StartupError(EXIT_EXCHANGE, str(refused)) from None
     finally:
         service.stop()
         await monitor_task

@@ -443,7 +443,7 @@ class ApplyLayer:
                     break
             outcome = await self.executor.run(plan, index, claim.p33_permit, resumed)
             outcomes.append(outcome)
-            if outcome.status in {"rejected", "error", "blocked"}:
+            if outcome.status in {"rejected", "error", "blocked", "held_back"}:
                 break  # fail closed: later steps assumed this one worked
 
     async def _dead_letter(self, entry_id: str, fields: RawFields, error: PlanError, started: float) -> None:
@@ -499,15 +499,24 @@ def _result_of(plan: Plan, outcomes: list[StepOutcome]) -> Result:
     placed = sum(outcome.placed for outcome in outcomes)
     last = outcomes[-1]
     steps = [outcome.as_dict() for outcome in outcomes]
-    if placed == len(plan.steps):
+    short = [outcome for outcome in outcomes if outcome.placed and not outcome.complete]
+    if placed == len(plan.steps) and not short:
         return Result(plan.plan_id, plan.symbol, "executed", "", steps)
+    if short:
+        # The exchange filled less than asked (EXPIRED, price protection): never `executed`.
+        first = short[0]
+        reason = (
+            f"step {first.index} filled {first.filled_qty:g} of {first.quantity:g} ({first.exchange_status})"
+        )
+        return Result(plan.plan_id, plan.symbol, "partial", reason, steps)
     if placed:
         return Result(
             plan.plan_id, plan.symbol, "partial", f"step {last.index} {last.status}: {last.detail}", steps
         )
     if all(outcome.status == "nothing_to_do" for outcome in outcomes):
         return Result(plan.plan_id, plan.symbol, "skipped", f"nothing_to_do: {last.detail}", steps)
-    status = "halted" if last.status == "halted" else ("blocked" if last.status == "blocked" else "error")
+    # Held back by the exchange's limits: nothing went out, like a gate that blocked it.
+    status = {"halted": "halted", "blocked": "blocked", "held_back": "blocked"}.get(last.status, "error")
     return Result(plan.plan_id, plan.symbol, status, f"step {last.index} {last.status}: {last.detail}", steps)
 
 
