@@ -64,6 +64,9 @@ class Settings:
     # forgets a claim whose order went out. 1 with Sentinel, 0 (no wait) otherwise.
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 200
+    # How old the last positionRisk check of the pushed positions may be before a plan reads its
+    # position by REST before the claim (the check runs every half of it, weight 5 each time).
+    position_max_age_s: float = 10.0
 
     def notional_limit(self, symbol: str) -> float | None:
         """The symbol's own limit, else the `*` limit, else none."""
@@ -106,6 +109,7 @@ class Settings:
             "REDIS_SENTINEL_SERVICE": self.redis_sentinel_service,
             "APPLY_REDIS_WAIT_REPLICAS": str(self.redis_wait_replicas),
             "APPLY_REDIS_WAIT_TIMEOUT_MS": str(self.redis_wait_timeout_ms),
+            "APPLY_POSITION_MAX_AGE_S": f"{self.position_max_age_s:g}",
         }
 
 
@@ -149,6 +153,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         redis_sentinel_service=_name(env, "REDIS_SENTINEL_SERVICE", "quantum"),
         redis_wait_replicas=_int(env, "APPLY_REDIS_WAIT_REPLICAS", 1 if sentinels else 0, 0, 10),
         redis_wait_timeout_ms=_int(env, "APPLY_REDIS_WAIT_TIMEOUT_MS", 200, 1, 10_000),
+        position_max_age_s=float(_int(env, "APPLY_POSITION_MAX_AGE_S", 10, 2, 300)),
     )
 
 

@@ -45,7 +45,9 @@ from aiohttp import web
 from quantum_apply_layer import __version__
 from quantum_apply_layer.config import ConfigError, is_loopback_host, load_credentials
 from quantum_apply_layer.emulator_markets import MARKETS, exchange_info, leverage_brackets
+from quantum_apply_layer.emulator_requests import RequestCounter
 from quantum_apply_layer.emulator_state import BinanceError, ExchangeState, Faults, OrderLogEntry, now_ms
+from quantum_apply_layer.emulator_user_stream import UserStreamServer
 
 EMULATOR_NAME = "quantum-exchange-emulator"
 _DEFAULT_RECV_WINDOW_MS = 5_000
@@ -268,6 +270,8 @@ def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Applic
         return leverage_brackets(MARKETS[symbol])
 
     app = web.Application()
+    RequestCounter(state).register(app)
+    UserStreamServer(state, api_key).register(app)
     app.add_routes(
         [
             web.get("/fapi/v1/ping", ping),

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -209,6 +209,20 @@ def _fmt(value: Decimal, places: int) -> str:
     return f"{value:.{places}f}"
 
 
+@dataclass(frozen=True)
+class AccountChange:
+    """What the user data stream pushes: a symbol's position after a change, and the order behind it."""
+
+    symbol: str
+    amount: Decimal
+    entry_price: Decimal
+    order: dict[str, Any] | None  # None: the position was set from outside (a liquidation, a manual close)
+
+
+# Called with the state's lock held, from whichever thread made the change; None means a reset.
+StateListener = Callable[[AccountChange | None], None]
+
+
 @dataclass
 class _Book:
     positions: dict[str, Decimal] = field(default_factory=dict)
@@ -231,12 +245,27 @@ class ExchangeState:
         self._book = _Book()
         # Exchange ids never repeat, not even across a reset, as on the real exchange.
         self._order_ids = itertools.count(8_389_765_000)
+        self._listeners: list[StateListener] = []
+
+    def add_listener(self, listener: StateListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _notify(self, change: AccountChange | None) -> None:
+        for listener in self._listeners:
+            listener(change)
+
+    def _changed(self, symbol: str, order: dict[str, Any] | None) -> None:
+        amount = self._book.positions.get(symbol, _ZERO)
+        entry = self._book.entry_prices.get(symbol, _ZERO) if amount else _ZERO
+        self._notify(AccountChange(symbol, amount, entry, dict(order) if order else None))
 
     # --- control -------------------------------------------------------------------------------
 
     def reset(self) -> None:
         with self._lock:
             self._book = _Book()
+            self._notify(None)
 
     def set_positions(self, amounts: Mapping[str, Any]) -> None:
         """Set signed position amounts (long > 0); symbols not named keep theirs."""
@@ -245,6 +274,7 @@ class ExchangeState:
             for symbol, amount in parsed.items():
                 self._book.positions[symbol] = amount
                 self._book.entry_prices[symbol] = self._book.marks[symbol]
+                self._changed(symbol, None)
 
     def set_mark_prices(self, prices: Mapping[str, Any]) -> None:
         parsed = self._parse_symbol_numbers(prices, positive_only=True)
@@ -297,6 +327,7 @@ class ExchangeState:
                 self._log(params, received, "REJECTED", error.code, None)
                 raise
             self._log(params, received, order["status"], None, order["orderId"])
+            self._changed(order["symbol"], order)
             return order
 
     def query_order(self, params: Mapping[str, str]) -> dict[str, Any]:

@@ -22,11 +22,14 @@ from . import gates, keys, metrics
 from .autotrip import AutoTrip
 from .config import Settings
 from .exchange import Exchange, ExchangeError, client_order_id
-from .execution import MismatchClock, StepExecutor, StepOutcome
+from .execution import MismatchClock, PositionUnknown, Prepared, StepExecutor, StepOutcome
+from .market_filters import FilterError
 from .permits import PermitWatcher, check_notifications
 from .plan import SYMBOL_PATTERN, Plan, PlanError, parse_plan
+from .position_book import PositionBook
 from .records import Recorder, Result
 from .scripts import Scripts, register_scripts
+from .user_stream import UserStream, user_stream_url
 
 log = logging.getLogger(__name__)
 READ_BATCH = 64
@@ -48,7 +51,9 @@ class ApplyLayer:
         self.scripts: Scripts = register_scripts(redis)
         self.permits = PermitWatcher(redis)
         self.mismatch = MismatchClock()
-        self.executor = StepExecutor(exchange, self.mismatch, settings.notional_limit)
+        self.positions = PositionBook(settings.position_max_age_s)
+        self.user_stream = UserStream(exchange, self.positions, user_stream_url(settings.exchange_url))
+        self.executor = StepExecutor(exchange, self.positions, self.mismatch, settings.notional_limit)
         self.recorder = Recorder(
             redis,
             settings.consumer_group,
@@ -87,6 +92,7 @@ class ApplyLayer:
     async def run(self) -> None:
         await self._start()
         self.permits.start()
+        stream = asyncio.create_task(self.user_stream.run(self.stopping), name="user-data-stream")
         self.ready.set()
         log.info("consuming plans")
         try:
@@ -94,6 +100,8 @@ class ApplyLayer:
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.stopping.set()
+            await stream
             await self.permits.stop()
 
     async def _start(self) -> None:
@@ -242,6 +250,13 @@ class ApplyLayer:
             return
         if self.stopping.is_set():
             raise RedisUnavailable("stopping before the claim")  # left pending for the next start
+        # Everything the orders need, before the claim: after it, nothing but the orders.
+        try:
+            prepared = await self.executor.prepare(plan)
+        except (PositionUnknown, FilterError) as error:
+            status = "error" if isinstance(error, PositionUnknown) else "blocked"
+            await self._record_verdict(entry_id, plan, gates.Verdict(status, str(error), "prepare"), started)
+            return
 
         # The claim and its WAIT on one connection: WAIT counts only what its own connection wrote, so
         # on another pooled connection it could confirm an older write while the claim is not on a replica.
@@ -256,7 +271,10 @@ class ApplyLayer:
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
 
-        outcomes = await self._execute(plan, entry_id, claim, resumed=recovered or claim.kind == "resume")
+        prepared = self.executor.refreshed(plan, prepared)
+        outcomes = await self._execute(
+            plan, entry_id, claim, prepared, resumed=recovered or claim.kind == "resume"
+        )
         result = _result_of(plan, outcomes)
         await self._record(entry_id, result, started, claim_mark=claim.mark)
         if plan.emergency:
@@ -348,7 +366,7 @@ class ApplyLayer:
         return gates.ClaimResult.from_script(reply)
 
     async def _execute(
-        self, plan: Plan, entry_id: str, claim: gates.ClaimResult, resumed: bool
+        self, plan: Plan, entry_id: str, claim: gates.ClaimResult, prepared: Prepared, resumed: bool
     ) -> list[StepOutcome]:
         outcomes: list[StepOutcome] = []
         for index in range(len(plan.steps)):
@@ -360,7 +378,8 @@ class ApplyLayer:
                     detail = reason.reason if reason else again.kind
                     outcomes.append(_not_sent(plan, index, "halted", detail))
                     break
-            outcome = await self.executor.run(plan, index, claim.p33_permit, resumed)
+            outcome = await self.executor.run(plan, index, claim.p33_permit, resumed, prepared)
+            prepared = prepared.after(outcome)
             outcomes.append(outcome)
             if outcome.status in {"rejected", "error", "blocked"}:
                 break  # fail closed: later steps assumed this one worked
