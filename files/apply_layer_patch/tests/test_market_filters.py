@@ -1,4 +1,4 @@
-"""Prices and quantities checked against the market's filters before the claim (ccxt's loaded exchangeInfo)."""
+"""Prices and quantities checked against the market's filters (from ccxt's exchangeInfo) before the claim."""
 
 from __future__ import annotations
 

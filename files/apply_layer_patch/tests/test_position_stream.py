@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from conftest import ServiceFactory
 from delay_proxy import DelayProxy
-from plans import grant_permits, plan_fields, wait_for_results
+from plans import add_plan, grant_permits, wait_for_results
 from redis.asyncio import Redis
 
 from quantum_apply_layer import keys, metrics
@@ -66,7 +66,7 @@ def mismatches(symbol: str) -> float:
 
 async def plan(redis: Redis, plan_id: str, safe_close_qty: float = 100.0, steps: str = CLOSE_HALF) -> None:
     await grant_permits(redis, plan_id, safe_close_qty=safe_close_qty)
-    await redis.xadd(keys.PLAN_STREAM, plan_fields(plan_id, steps=steps))
+    await add_plan(redis, plan_id, permits=False, steps=steps)
 
 
 def quantity_of(emulator: ExchangeEmulator, client_order_id: str) -> float:
@@ -121,7 +121,7 @@ async def test_a_dropped_stream_falls_back_to_a_lookup_before_the_claim(
         spent = await requests(emulator) - before
     assert result["status"] == "executed", result
     assert quantity_of(emulator, "qh-after-drop-0") == 0.15  # half of what the exchange holds, not of 0.8
-    assert spent[POSITION_RISK] == 1 and spent[ORDER] == 1
+    assert spent == Counter({POSITION_RISK: 1, ORDER: 1})
     assert lookups("stream_down") == looked_up + 1
 
 
@@ -142,7 +142,7 @@ async def test_a_stale_stream_falls_back_to_a_lookup_before_the_next_plan(
         assert service.positions.connected  # only its own order, never back, told it the stream was stale
     assert result["status"] == "executed", result
     assert quantity_of(emulator, "qh-second-0") == 0.05  # half of 0.1, read by REST
-    assert spent[POSITION_RISK] == 1 and spent[ORDER] == 1
+    assert spent == Counter({POSITION_RISK: 1, ORDER: 1})
     assert lookups("awaiting_fill") == looked_up + 1
 
 
@@ -158,7 +158,8 @@ async def test_an_unreachable_exchange_with_the_stream_down_claims_nothing(
         await plan(redis, "blind")
         result = (await wait_for_results(redis, 1))["blind"]
         proxy.restore()
-    assert result["status"] == "error" and result["reason"].startswith("position_unknown"), result
+    assert result["status"] == "error", result
+    assert result["reason"].startswith("position_unknown"), result
     assert emulator.orders() == []
     assert await redis.get(keys.dedupe_mark("blind")) is None  # never claimed
     assert await redis.get(keys.governor_permit("blind")) is not None  # permits not consumed
