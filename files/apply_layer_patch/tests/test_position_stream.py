@@ -19,11 +19,13 @@ import pytest
 from conftest import ServiceFactory
 from delay_proxy import DelayProxy
 from plans import add_plan, grant_permits, wait_for_results
+from prometheus_client import generate_latest
 from redis.asyncio import Redis
 
 from quantum_apply_layer import keys, metrics
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.service import ApplyLayer
+from quantum_apply_layer.stream_health import render_stream_health, stream_health
 
 POSITION_RISK = "GET /fapi/v3/positionRisk"
 ORDER = "POST /fapi/v1/order"
@@ -85,6 +87,11 @@ async def proxy(emulator: ExchangeEmulator) -> AsyncIterator[DelayProxy]:
     await delay_proxy.stop()
 
 
+def health() -> dict[str, object]:
+    """What `status` shows, from the metrics the service exports."""
+    return stream_health(generate_latest(metrics.REGISTRY).decode())
+
+
 async def fresh(service: ApplyLayer) -> ApplyLayer:
     await until(service.positions.fresh)
     return service
@@ -112,8 +119,10 @@ async def test_a_dropped_stream_falls_back_to_a_lookup_before_the_claim(
     emulator.set_positions({"BTCUSDT": 0.8})
     async with running_service(**QUIET) as service:
         await fresh(service)
+        assert health()["connected"] is True
         await control(emulator, "POST", "user_stream", {"mode": "down"})
         await until(lambda: not service.positions.connected)
+        assert health()["connected"] is False
         emulator.set_positions({"BTCUSDT": 0.3})  # changed while nobody was listening
         before, looked_up = await requests(emulator), lookups("stream_down")
         await plan(redis, "after-drop")
@@ -123,6 +132,7 @@ async def test_a_dropped_stream_falls_back_to_a_lookup_before_the_claim(
     assert quantity_of(emulator, "qh-after-drop-0") == 0.15  # half of what the exchange holds, not of 0.8
     assert spent == Counter({POSITION_RISK: 1, ORDER: 1})
     assert lookups("stream_down") == looked_up + 1
+    assert "user data stream: DOWN" in render_stream_health(health())
 
 
 async def test_a_stale_stream_falls_back_to_a_lookup_before_the_next_plan(

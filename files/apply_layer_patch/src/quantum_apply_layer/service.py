@@ -100,9 +100,11 @@ class ApplyLayer:
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            # The permit watcher first, as before the stream existed: cancelled while it subscribes,
+            # redis-py can swallow the cancellation and the watcher would retry forever.
+            await self.permits.stop()
             self.stopping.set()
             await stream
-            await self.permits.stop()
 
     async def _start(self) -> None:
         """Wait, without consuming anything, until Redis and the exchange both answer."""

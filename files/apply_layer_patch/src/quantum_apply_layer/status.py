@@ -1,5 +1,5 @@
 """What `quantum-apply-layer status` shows: mode, switches with reasons, stream lag, last execution,
-and the latest switch changes from the audit stream."""
+the user data stream's health (from the running service), and the latest switch changes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from redis.asyncio import Redis
 
 from . import keys
 from .config import Settings
+from .stream_health import read_stream_health, render_stream_health
 from .switch import audit_time, read_audit, read_global_switch, read_symbol_switches
 
 RECENT_RESULTS = 200
@@ -46,6 +47,7 @@ async def collect_status(redis: Redis, settings: Settings, audit_count: int) -> 
             "consumers": _int(group.get("consumers")) if group else None,
         },
         "dead_letters": await redis.xlen(keys.DLQ_STREAM),
+        "user_data_stream": await read_stream_health(settings),
         "last_result": results[0] if results else None,
         "last_execution": executed,
         "audit": [{**entry, "time": audit_time(entry)} for entry in await read_audit(redis, audit_count)],
@@ -70,6 +72,9 @@ def render_status(status: dict[str, object]) -> str:
         f"pending={stream['pending']} consumers={stream['consumers']}"
     )
     lines.append(f"dead letters: {status['dead_letters']}")
+    health = status["user_data_stream"]
+    assert isinstance(health, dict)
+    lines.append(render_stream_health(health))
     lines.append(f"last result: {_brief(status['last_result'])}")
     lines.append(f"last execution: {_brief(status['last_execution'])}")
     audit = status["audit"]
