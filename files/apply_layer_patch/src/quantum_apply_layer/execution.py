@@ -149,7 +149,7 @@ class StepExecutor:
     async def prepare(self, plan: Plan) -> Prepared:
         """Before the claim: the position (pushed, else read now), the filters, and every stop price and
         close checked against them. FilterError: the plan can never be sent as it is."""
-        held = self._book.usable(plan.symbol)
+        held = await self._book.wait_usable(plan.symbol)
         if isinstance(held, Unusable):
             metrics.apply_position_lookups_total.labels(held.value).inc()
             try:

@@ -17,6 +17,8 @@ A confirmation by REST that differs from what the stream said is a mismatch: cou
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -29,6 +31,10 @@ from .exchange import Position
 log = logging.getLogger(__name__)
 # Amounts closer than this are the same position (exchange quantities have at most 8 decimals).
 POSITION_TOLERANCE = 1e-9
+# How long a plan waits for its symbol's last order to come back on the stream before it reads the
+# position by REST instead. The echo travels the same path as the order's answer, so it normally lands
+# within a millisecond of it; a stale stream costs this wait plus one lookup, before the claim.
+FILL_ECHO_WAIT_S = 0.25
 FINAL_ORDER_STATES = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
 
 
@@ -60,6 +66,7 @@ class PositionBook:
         self._entries: dict[str, _Entry] = {}
         self._connected = False
         self._reconciled_at: float | None = None  # monotonic; None: not since the stream (re)connected
+        self._changed = asyncio.Event()  # replaced at every event: set means "look again"
         self.mismatches = 0
 
     # --- the stream's state ---------------------------------------------------------------------
@@ -99,6 +106,7 @@ class PositionBook:
         entry.amount = amount
         entry.stream_said = True
         entry.account_update_ms = transaction_ms
+        self._wake()
         return not shrinks
 
     def order_update(self, symbol: str, client_order_id: str, status: str, transaction_ms: int) -> None:
@@ -108,6 +116,7 @@ class PositionBook:
             return
         entry.awaiting.discard(client_order_id)
         entry.needs_account_update_ms = max(entry.needs_account_update_ms, transaction_ms)
+        self._wake()
 
     def mark(self, symbol: str, price: float) -> None:
         if math.isfinite(price) and price > 0:
@@ -181,15 +190,21 @@ class PositionBook:
             return Unusable.UNCONFIRMED_GROWTH
         return Position(entry.amount, entry.mark)
 
-    def snapshot(self) -> dict[str, dict[str, object]]:
-        return {
-            symbol: {
-                "amount": entry.amount,
-                "mark": entry.mark,
-                "usable": not isinstance(self.usable(symbol), Unusable),
-            }
-            for symbol, entry in sorted(self._entries.items())
-        }
+    async def wait_usable(self, symbol: str, timeout_s: float = FILL_ECHO_WAIT_S) -> Position | Unusable:
+        """As usable(), but a position awaiting our last order's echo on the stream gets `timeout_s` to
+        receive it before the caller falls back to REST."""
+        deadline = time.monotonic() + timeout_s
+        while (held := self.usable(symbol)) is Unusable.AWAITING_FILL:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return held
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _mark_of(self, symbol: str) -> float:
         entry = self._entries.get(symbol)
