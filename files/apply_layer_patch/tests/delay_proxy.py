@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import time
 
@@ -99,12 +100,17 @@ class DelayProxy:
             delivering.cancel()
 
 
-async def _serve_forever(listen_port: int, target_port: int, delay_ms: float) -> None:
+async def _serve_until_terminated(listen_port: int, target_port: int, delay_ms: float) -> None:
+    """Until SIGTERM; then says how many connections it carried (keep-alive shows as few)."""
     proxy = DelayProxy(target_port, delay_ms / 1000)
     await proxy.start(listen_port)
-    await asyncio.Event().wait()
+    terminated = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
+    await terminated.wait()
+    await proxy.stop()
+    print(f"connections opened: {proxy.connections_opened}", flush=True)
 
 
 if __name__ == "__main__":
     listen, target, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    asyncio.run(_serve_forever(listen, target, delay))
+    asyncio.run(_serve_until_terminated(listen, target, delay))
