@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from quantum_apply_layer.config import ConfigError, load_settings
 from quantum_apply_layer.exchange import Position
 from quantum_apply_layer.position_book import PositionBook, Unusable
 
@@ -95,3 +96,10 @@ def test_rest_that_disagrees_with_the_stream_is_a_mismatch() -> None:
     assert book.usable("BTCUSDT") == Position(0.5, 65000.0)
     book.reconciled({"BTCUSDT": Position(0.5, 65000.0)}, book.send_counts())
     assert book.mismatches == 1  # agreeing again is not another mismatch
+
+
+@pytest.mark.parametrize("bound", ["1", "301", "ten"])
+def test_the_bound_is_a_setting_checked_at_start(bound: str) -> None:
+    with pytest.raises(ConfigError, match="APPLY_POSITION_MAX_AGE_S"):
+        load_settings({"APPLY_POSITION_MAX_AGE_S": bound})
+    assert load_settings({"APPLY_POSITION_MAX_AGE_S": "30"}).position_max_age_s == 30

@@ -135,6 +135,26 @@ async def test_a_dropped_stream_falls_back_to_a_lookup_before_the_claim(
     assert "user data stream: DOWN" in render_stream_health(health())
 
 
+async def test_a_stream_that_comes_back_is_reconciled_before_it_is_trusted_again(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.8})
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        await control(emulator, "POST", "user_stream", {"mode": "down"})
+        await until(lambda: not service.positions.connected)
+        emulator.set_positions({"BTCUSDT": 0.6})  # missed while down: only a reconciliation can tell
+        await control(emulator, "POST", "user_stream", {"mode": "live"})
+        await fresh(service)  # reconnected (a new key, a new connection) and reconciled
+        before = await requests(emulator)
+        await plan(redis, "back")
+        result = (await wait_for_results(redis, 1))["back"]
+        spent = await requests(emulator) - before
+    assert result["status"] == "executed", result
+    assert quantity_of(emulator, "qh-back-0") == 0.3
+    assert spent == Counter({ORDER: 1})
+
+
 async def test_a_stale_stream_falls_back_to_a_lookup_before_the_next_plan(
     redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
 ) -> None:
