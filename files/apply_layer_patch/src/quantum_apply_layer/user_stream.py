@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,6 +63,9 @@ class UserStream:
                     delay = 0.1
                 except (ExchangeError, aiohttp.ClientError, OSError, TimeoutError) as error:
                     log.warning("user data stream failed, reconnecting in %.1fs: %s", delay, error)
+                except Exception:
+                    # A bug must not end the stream for good: plans would read REST until a restart.
+                    log.exception("user data stream failed unexpectedly, reconnecting in %.1fs", delay)
                 finally:
                     self._book.stream_lost()
                 with contextlib.suppress(TimeoutError):
@@ -81,9 +85,9 @@ class UserStream:
             await self.reconcile()
             log.info("user data stream connected and reconciled")
             helpers = [
-                asyncio.create_task(self._keep_alive()),
-                asyncio.create_task(self._reconcile_periodically()),
-                asyncio.create_task(_close_when(stopping, socket)),
+                asyncio.create_task(_closing_when_done(socket, self._keep_alive())),
+                asyncio.create_task(_closing_when_done(socket, self._reconcile_periodically())),
+                asyncio.create_task(_closing_when_done(socket, stopping.wait())),
             ]
             try:
                 async for message in socket:
@@ -91,9 +95,6 @@ class UserStream:
                         break  # the key expired: a new key, a new connection
                     if message.type is aiohttp.WSMsgType.ERROR:
                         break
-                for helper in helpers:
-                    if helper.done() and not helper.cancelled() and helper.exception() is not None:
-                        raise helper.exception()  # type: ignore[misc]
             finally:
                 for helper in helpers:
                     helper.cancel()
@@ -139,6 +140,12 @@ class UserStream:
             await self.reconcile()
 
 
-async def _close_when(stopping: asyncio.Event, socket: aiohttp.ClientWebSocketResponse) -> None:
-    await stopping.wait()
-    await socket.close()
+async def _closing_when_done(socket: aiohttp.ClientWebSocketResponse, work: Awaitable[object]) -> None:
+    """A helper that ends (stopping) or fails (a keep-alive or reconciliation refused) ends the connection:
+    the next one starts with a new key and a fresh reconciliation."""
+    try:
+        await work
+    except (ExchangeError, aiohttp.ClientError, OSError, TimeoutError) as error:
+        log.warning("user data stream: %s; reconnecting", error)
+    finally:
+        await socket.close()
