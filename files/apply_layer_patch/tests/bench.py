@@ -15,6 +15,12 @@ Linux: the emulator stamps every order it receives with it, so its stamps compar
    and that rate against `redis-benchmark` EVAL throughput on the same Redis, in the same run; with
    the CPU each process spends per plan, and how busy the whole machine was, to say what limits it.
 
+Each is measured with the exchange at a distance: the service reaches the emulator through a delay proxy
+(tests/delay_proxy.py, in its own process) that holds every byte `d` each way, for d = 0, 10 and 50 ms in
+one run. Latencies are printed less d, the order's own one-way trip: what remains is what the gate adds.
+Requests and weight per plan are the emulator's count of Binance requests during the steady part of the
+rate runs (Binance's weights: positionRisk 5, the rest 1), divided by the plans handled meanwhile.
+
 Benchmarks never fail on a time: the exit status is 1 only when something broke (a wrong count of
 orders or results, a claim after the SET, a process that would not start or stop).
 """
@@ -49,14 +55,19 @@ from test_faults import SYMBOLS, load_plans
 
 from quantum_apply_layer import keys
 
-HALT_TRIALS = 15
+DISTANCES_MS = (0, 10, 50)  # one-way delay to the exchange
+HALT_TRIALS = 5  # per distance
 HALT_PLANS = 2000
 HALT_AFTER_RESULTS = 300
-PERMIT_TRIALS = 200
+PERMIT_TRIALS = 100  # per distance
 PERMIT_WARMUP_PLANS = 5
 PERMIT_SETTLE_S = 0.005  # the plan is read and waiting on its permits before they arrive
-RATE_RUNS = 3
+RATE_RUNS = 3  # at 0 ms, interleaved with redis-benchmark; one run at each other distance
 RATE_PLANS = 5000
+RATE_PLANS_AT_DISTANCE = 1000  # 5 symbols, one plan each per round trip: 50 plans/s at 50 ms
+# Binance's request weights for what the service asks; 1 for everything else it asks.
+WEIGHTS = {"GET /fapi/v3/positionRisk": 5, "GET /fapi/v2/positionRisk": 5}
+STREAM_SETTLE_S = 1.0  # after the warm-up plans: the user data stream connected and reconciled
 EVAL_REQUESTS = 100_000
 EVAL_CLIENTS = 50
 EVAL_SCRIPT = "return redis.call('GET', KEYS[1])"
@@ -70,8 +81,8 @@ SERVICE_ENV = {
     "APPLY_PERMIT_TIMEOUT_MS": "2000",
     "APPLY_LOG_FORMAT": "json",
 }
-TARGET_HALT_MS = 5.0
-TARGET_PERMIT_MS = 5.0
+TARGET_GATE_MS = 2.0  # what the gate adds, p99, at every distance
+TARGET_WEIGHT_PER_PLAN = 1.0
 TARGET_PLANS_PER_S = 2000.0
 START_TIMEOUT_S = 15.0
 STALL_TIMEOUT_S = 10.0
@@ -152,6 +163,11 @@ class EmulatorProcess:
         await self._call("POST", "faults", dict.fromkeys(UNLIMITED, 1_000_000_000))
         await self._call("POST", "positions", dict.fromkeys(SYMBOLS, POSITION))
 
+    async def request_counts(self) -> Counter[str]:
+        """Binance requests received so far, by method and path."""
+        counts = await self._call("GET", "requests")
+        return Counter({str(name): int(count) for name, count in counts.items()})
+
     async def accepted_orders(self) -> dict[str, float]:
         """client order id -> arrival on CLOCK_MONOTONIC, for every order the exchange accepted."""
         orders = (await self._call("GET", "orders"))["orders"]
@@ -162,12 +178,46 @@ class EmulatorProcess:
         return arrivals
 
 
+class DelayProxyProcess:
+    """tests/delay_proxy.py in its own process, between the service and the emulator."""
+
+    def __init__(self, target_port: int, delay_ms: int) -> None:
+        self.delay_ms = delay_ms
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        script = Path(__file__).with_name("delay_proxy.py")
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), str(self.port), str(target_port), str(delay_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+        raise BenchBroken(f"the delay proxy did not listen on port {self.port}")
+
+    def stop(self) -> str:
+        """Stops it; what it says about the connections it carried."""
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=10)
+        return out.strip()
+
+
 @dataclass
 class Lab:
     directory: Path
     redis_server: RedisServer
     redis: Redis
     emulator: EmulatorProcess
+    exchange_url: str = ""  # where the service finds the exchange: the delay proxy
 
     async def reset(self) -> None:
         """Flat Redis (no switch, streams, marks or permits) and an emulator with fresh positions."""
@@ -177,7 +227,7 @@ class Lab:
     @contextlib.asynccontextmanager
     async def service(self) -> AsyncIterator[ServiceProcess]:
         service = ServiceProcess(
-            self.redis_server.url, self.emulator.base_url, self.directory / "service.log", **SERVICE_ENV
+            self.redis_server.url, self.exchange_url, self.directory / "service.log", **SERVICE_ENV
         )
         service.start()
         try:
@@ -251,6 +301,7 @@ async def permit_latencies(lab: Lab) -> list[float]:
             await grant_permits(lab.redis, f"warm-{n}", safe_close_qty=1.0, position=POSITION)
             await lab.redis.xadd(keys.PLAN_STREAM, plan_fields(f"warm-{n}", symbol=SYMBOLS[n]))
         await wait_for_result_count(lab.redis, PERMIT_WARMUP_PLANS)
+        await asyncio.sleep(STREAM_SETTLE_S)
         last_id = str((await lab.redis.xrevrange(keys.RESULT_STREAM, count=1))[0][0])
         for n in range(PERMIT_TRIALS):
             plan_id = f"permit-{n}"
@@ -292,11 +343,17 @@ class RateRun:
     plans_per_s: float
     cpu_ms_per_plan: dict[str, float]  # process -> CPU ms per plan, in the steady part of the run
     machine_busy: float  # share of all CPUs busy (with anything) meanwhile
+    requests_per_plan: dict[str, float]  # Binance request -> how many per plan, in the steady part
+    weight_per_plan: float
 
 
-async def rate_run(lab: Lab, run: int) -> RateRun:
+def weight(requests: Counter[str]) -> int:
+    return sum(WEIGHTS.get(name, 1) * count for name, count in requests.items())
+
+
+async def rate_run(lab: Lab, run: int, plans: int = RATE_PLANS) -> RateRun:
     await lab.reset()
-    await load_plans(lab.redis, RATE_PLANS, f"rate{run}")
+    await load_plans(lab.redis, plans, f"rate{run}")
     async with lab.service() as service:
         assert service.process is not None
         assert lab.redis_server.process is not None
@@ -308,17 +365,19 @@ async def rate_run(lab: Lab, run: int) -> RateRun:
             "bench (this script)": os.getpid(),
         }
         # Where the CPU goes, past the service's start-up and before its last results.
-        await wait_for_result_count(lab.redis, RATE_PLANS // 10)
+        await wait_for_result_count(lab.redis, plans // 10)
         cpu_from, ticks_from = {name: cpu_seconds(pid) for name, pid in pids.items()}, machine_ticks()
+        requests_from = await lab.emulator.request_counts()
         counted_from = await lab.redis.xlen(keys.RESULT_STREAM)
-        await wait_for_result_count(lab.redis, RATE_PLANS * 9 // 10)
+        await wait_for_result_count(lab.redis, plans * 9 // 10)
         cpu_to, ticks_to = {name: cpu_seconds(pid) for name, pid in pids.items()}, machine_ticks()
         counted = await lab.redis.xlen(keys.RESULT_STREAM) - counted_from
-        await wait_for_result_count(lab.redis, RATE_PLANS)
+        requests = await lab.emulator.request_counts() - requests_from
+        await wait_for_result_count(lab.redis, plans)
     entries = await lab.redis.xrange(keys.RESULT_STREAM)
     arrivals = await lab.emulator.accepted_orders()
     executed = sum(fields["status"] == "executed" for _, fields in entries)
-    if len(entries) != RATE_PLANS or executed != RATE_PLANS or len(arrivals) != RATE_PLANS:
+    if len(entries) != plans or executed != plans or len(arrivals) != plans:
         raise BenchBroken(
             f"rate run {run}: {len(entries)} results, {executed} executed, {len(arrivals)} orders"
         )
@@ -326,9 +385,11 @@ async def rate_run(lab: Lab, run: int) -> RateRun:
     started_ms = min(entry_ms(entry_id) - float(fields["duration_ms"]) for entry_id, fields in entries)
     finished_ms = max(entry_ms(entry_id) for entry_id, _ in entries)
     return RateRun(
-        RATE_PLANS / ((finished_ms - started_ms) / 1000),
+        plans / ((finished_ms - started_ms) / 1000),
         {name: (cpu_to[name] - cpu_from[name]) * 1000 / counted for name in pids},
         (ticks_to[0] - ticks_from[0]) / (ticks_to[1] - ticks_from[1]),
+        {name: count / counted for name, count in sorted(requests.items())},
+        weight(requests) / counted,
     )
 
 
@@ -349,38 +410,55 @@ def yes_no(met: bool) -> str:
     return "yes" if met else "no"
 
 
-def print_table(
-    halts: list[HaltTrial], permits: list[float], runs: list[RateRun], evals: list[float]
-) -> None:
-    halt_ms = [trial.latency_ms for trial in halts]
-    rates = [run.plans_per_s for run in runs]
-    rate, eval_rate = statistics.median(rates), statistics.median(evals)
-    rows = [
-        ("metric", "median", "p99", "target", "met"),
-        (
-            "switch SET -> last order started (ms)",
-            f"{statistics.median(halt_ms):.2f}",
-            f"{p99(halt_ms):.2f}",
-            f"<= {TARGET_HALT_MS:g} ms",
-            yes_no(p99(halt_ms) <= TARGET_HALT_MS),
-        ),
-        (
-            "permit arrival -> order sent (ms)",
-            f"{statistics.median(permits):.2f}",
-            f"{p99(permits):.2f}",
-            f"<= {TARGET_PERMIT_MS:g} ms",
-            yes_no(p99(permits) <= TARGET_PERMIT_MS),
-        ),
-        (
-            "plans/s through all gates",
-            f"{rate:.0f}",
-            "-",
-            f">= {TARGET_PLANS_PER_S:.0f}/s",
-            yes_no(rate >= TARGET_PLANS_PER_S),
-        ),
-        ("redis-benchmark EVAL requests/s", f"{eval_rate:.0f}", "-", "-", "-"),
-        ("plans/s / EVAL/s", f"{rate / eval_rate:.4f}", "-", "-", "-"),
-    ]
+@dataclass
+class AtDistance:
+    delay_ms: int
+    halts: list[HaltTrial]
+    permits: list[float]
+    runs: list[RateRun]
+    proxy_report: str
+
+    def gate_ms(self, latencies: list[float]) -> list[float]:
+        """Less the order's own one-way trip: what the gate adds."""
+        return [value - self.delay_ms for value in latencies]
+
+
+def print_table(distances: list[AtDistance], evals: list[float]) -> None:
+    rows = [("one-way delay d", "metric (less d: what the gate adds)", "p50", "p99", "target", "met")]
+    for at in distances:
+        halt_ms = at.gate_ms([trial.latency_ms for trial in at.halts if trial.orders_after_set])
+        permit_ms = at.gate_ms(at.permits)
+        rate = statistics.median(run.plans_per_s for run in at.runs)
+        weight_per_plan = statistics.median(run.weight_per_plan for run in at.runs)
+        d = f"{at.delay_ms} ms"
+        for label, values in (
+            ("switch SET -> last order reaches the exchange (ms)", halt_ms),
+            ("permit arrival -> order reaches the exchange (ms)", permit_ms),
+        ):
+            if not values:
+                rows.append((d, label, "-", "-", f"<= {TARGET_GATE_MS:g} ms", "no order after the SET"))
+                continue
+            rows.append(
+                (
+                    d,
+                    label,
+                    f"{statistics.median(values):.2f}",
+                    f"{p99(values):.2f}",
+                    f"<= {TARGET_GATE_MS:g} ms",
+                    yes_no(p99(values) <= TARGET_GATE_MS),
+                )
+            )
+        rows.append(
+            (
+                d,
+                "exchange request weight per close plan",
+                f"{weight_per_plan:.3f}",
+                "-",
+                f"<= {TARGET_WEIGHT_PER_PLAN:g}",
+                yes_no(weight_per_plan <= TARGET_WEIGHT_PER_PLAN),
+            )
+        )
+        rows.append((d, "plans/s through all gates", f"{rate:.0f}", "-", "-", "-"))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     print()
     for row in rows:
@@ -388,20 +466,62 @@ def print_table(
     print()
     print("p99 is the nearest rank: the largest value when there are fewer than 100.")
     print(
-        f"halt trials: {len(halts)} x {HALT_PLANS} plans, the switch SET after {HALT_AFTER_RESULTS} results"
+        f"plans/s target {TARGET_PLANS_PER_S:.0f}/s at 0 ms; at a distance one plan per symbol per round trip"
     )
-    print(f"  orders accepted after the SET per trial: {[trial.orders_after_set for trial in halts]}")
-    print(f"  plans claimed after the SET: {sum(trial.claims_after_set for trial in halts)} (must be 0)")
-    print(f"permit trials: {len(permits)}, one plan at a time, max {max(permits):.2f} ms")
-    print(f"plans/s runs ({RATE_PLANS} plans each): {', '.join(f'{value:.0f}' for value in rates)}")
-    for name in runs[0].cpu_ms_per_plan:
-        per_run = ", ".join(f"{run.cpu_ms_per_plan[name]:.2f}" for run in runs)
-        print(f"  CPU ms per plan, {name}: {per_run}")
-    busy = ", ".join(f"{run.machine_busy:.0%}" for run in runs)
+    for at in distances:
+        print(f"d = {at.delay_ms} ms:")
+        print(
+            f"  halt trials: {len(at.halts)} x {HALT_PLANS} plans, the switch SET after {HALT_AFTER_RESULTS} "
+            f"results; orders after the SET per trial: {[trial.orders_after_set for trial in at.halts]}"
+        )
+        print(f"  plans claimed after the SET: {sum(t.claims_after_set for t in at.halts)} (must be 0)")
+        print(
+            f"  permit trials: {len(at.permits)}, one plan at a time, max {max(at.permits):.2f} ms (with d)"
+        )
+        rates = ", ".join(f"{run.plans_per_s:.0f}" for run in at.runs)
+        print(f"  plans/s runs ({len(at.runs)}): {rates}")
+        for run in at.runs:
+            per_plan = ", ".join(f"{name} {count:.3f}" for name, count in run.requests_per_plan.items())
+            print(f"  requests per plan: {per_plan}; weight per plan {run.weight_per_plan:.3f}")
+        print(f"  delay proxy: {at.proxy_report} (HTTP keep-alive: a handful, not one per request)")
+    base = distances[0]
+    for name in base.runs[0].cpu_ms_per_plan:
+        per_run = ", ".join(f"{run.cpu_ms_per_plan[name]:.2f}" for run in base.runs)
+        print(f"CPU ms per plan at {base.delay_ms} ms, {name}: {per_run}")
+    busy = ", ".join(f"{run.machine_busy:.0%}" for run in base.runs)
     print(f"  all CPUs busy meanwhile (with anything on the machine): {busy}")
-    print(f"EVAL runs: {', '.join(f'{value:.0f}' for value in evals)} requests/s, each")
+    eval_rate = statistics.median(evals)
+    rate = statistics.median(run.plans_per_s for run in base.runs)
+    runs_text = ", ".join(f"{value:.0f}" for value in evals)
+    print(f"EVAL runs: {runs_text} requests/s; plans/s / EVAL/s at 0 ms {rate / eval_rate:.4f}")
     options = f"-q -n {EVAL_REQUESTS} -c {EVAL_CLIENTS}"
     print(f"  redis-benchmark {options} EVAL {EVAL_SCRIPT!r} 1 {keys.GLOBAL_SWITCH}")
+
+
+async def at_distance(lab: Lab, delay_ms: int, evals: list[float]) -> AtDistance:
+    proxy = DelayProxyProcess(lab.emulator.port, delay_ms)
+    try:
+        await proxy.wait_ready()
+        lab.exchange_url = proxy.url
+        tag = f"d={delay_ms}ms"
+        halts = [
+            await timed(f"{tag} halt trial {n + 1}/{HALT_TRIALS}", halt_trial, lab, n)
+            for n in range(HALT_TRIALS)
+        ]
+        if any(trial.claims_after_set for trial in halts):
+            raise BenchBroken(f"plans claimed after the switch SET: {[t.claims_after_set for t in halts]}")
+        permits = await timed(f"{tag} {PERMIT_TRIALS} permit trials", permit_latencies, lab)
+        runs: list[RateRun] = []
+        if delay_ms == 0:
+            for run in range(RATE_RUNS):  # interleaved, so both see the same load on the machine
+                runs.append(await timed(f"{tag} rate run {run + 1}/{RATE_RUNS}", rate_run, lab, run))
+                await lab.reset()
+                evals.append(eval_per_second(lab.redis_server.port))
+        else:
+            runs.append(await timed(f"{tag} rate run", rate_run, lab, 0, RATE_PLANS_AT_DISTANCE))
+    finally:
+        report = proxy.stop()
+    return AtDistance(delay_ms, halts, permits, runs, report)
 
 
 async def measure(directory: Path) -> None:
@@ -413,19 +533,9 @@ async def measure(directory: Path) -> None:
     try:
         await emulator.wait_ready()
         lab = Lab(directory, redis_server, redis, emulator)
-        halts = [
-            await timed(f"halt trial {n + 1}/{HALT_TRIALS}", halt_trial, lab, n) for n in range(HALT_TRIALS)
-        ]
-        if any(trial.claims_after_set for trial in halts):
-            raise BenchBroken(f"plans claimed after the switch SET: {[t.claims_after_set for t in halts]}")
-        permits = await timed(f"{PERMIT_TRIALS} permit trials", permit_latencies, lab)
-        runs: list[RateRun] = []
         evals: list[float] = []
-        for run in range(RATE_RUNS):  # interleaved, so both see the same load on the machine
-            runs.append(await timed(f"rate run {run + 1}/{RATE_RUNS}", rate_run, lab, run))
-            await lab.reset()
-            evals.append(eval_per_second(redis_server.port))
-        print_table(halts, permits, runs, evals)
+        distances = [await at_distance(lab, delay_ms, evals) for delay_ms in DISTANCES_MS]
+        print_table(distances, evals)
     finally:
         await redis.aclose()
         await emulator.stop()

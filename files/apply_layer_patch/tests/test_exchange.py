@@ -426,6 +426,7 @@ def test_every_call_the_adapter_makes_has_a_cost_the_emulator_agrees_with() -> N
         "algo_query": ("GET", "/fapi/v1/algoOrder"),
         "algo_cancel": ("DELETE", "/fapi/v1/algoOrder"),
         "algo_open": ("GET", "/fapi/v1/openAlgoOrders"),
+        "listen_key": ("POST", "/fapi/v1/listenKey"),
     }
     assert set(paths) == set(ENDPOINT_COSTS)
     for name, route in paths.items():

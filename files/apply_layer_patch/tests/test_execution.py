@@ -24,8 +24,9 @@ from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.emulator_state import Faults
 from quantum_apply_layer.exchange import Exchange, ExchangeError
 from quantum_apply_layer.exchange_limits import SharedLimiter
-from quantum_apply_layer.execution import MismatchClock, StepExecutor
-from quantum_apply_layer.plan import parse_plan
+from quantum_apply_layer.execution import MismatchClock, PositionUnknown, StepExecutor, StepOutcome
+from quantum_apply_layer.plan import Plan, parse_plan
+from quantum_apply_layer.position_book import PositionBook
 from quantum_apply_layer.scripts import register_scripts
 from quantum_apply_layer.switch import read_audit
 
@@ -45,7 +46,12 @@ async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
 
 
 def executor(exchange: Exchange) -> StepExecutor:
-    return StepExecutor(exchange, MismatchClock(), lambda _symbol: None)
+    return StepExecutor(exchange, PositionBook(10), MismatchClock(), lambda _symbol: None)
+
+
+async def run_step(steps: StepExecutor, plan: Plan, resumed: bool) -> StepOutcome:
+    """One plan's first step as the service runs it: prepared before the claim, then sent."""
+    return await steps.run(plan, 0, P33, resumed, await steps.prepare(plan))
 
 
 async def test_a_stop_loss_update_replaces_the_standing_stop(
@@ -71,14 +77,14 @@ async def test_a_crash_between_cancel_and_place_is_repaired_when_the_plan_resume
     emulator.set_positions({"BTCUSDT": 0.5})
     old = parse_plan(plan_fields("old", steps=stop_steps(60000), action="UPDATE_SL"))
     new = parse_plan(plan_fields("new", steps=stop_steps(61000), action="UPDATE_SL"))
-    await executor(exchange).run(old, 0, P33, resumed=False)
+    await run_step(executor(exchange), old, resumed=False)
     # The crash: the new plan had cancelled the old stop and died before placing its own.
     [standing] = await exchange.open_stops("BTCUSDT")
     await exchange.cancel_stop("BTCUSDT", standing)
     assert emulator.open_algo_orders("BTCUSDT") == []
-    outcome = await executor(exchange).run(new, 0, P33, resumed=True)
+    outcome = await run_step(executor(exchange), new, resumed=True)
     assert outcome.status == "sent"
-    again = await executor(exchange).run(new, 0, P33, resumed=True)  # a second restart after the place
+    again = await run_step(executor(exchange), new, resumed=True)  # a second restart after the place
     assert (again.status, again.exchange_order_id) == ("found", outcome.exchange_order_id)
     standing_after = emulator.open_algo_orders("BTCUSDT")
     assert [(o["clientAlgoId"], o["triggerPrice"]) for o in standing_after] == [("qh-new-0", "61000.00")]
@@ -109,10 +115,10 @@ async def test_a_close_that_filled_nothing_and_price_protection_are_rejected_wit
     emulator.set_positions({"BTCUSDT": 0.5})
     close = parse_plan(plan_fields("pp"))
     emulator.set_faults(Faults(price_protect_next=1))
-    refused = await executor(exchange).run(close, 0, P33, resumed=False)
+    refused = await run_step(executor(exchange), close, resumed=False)
     assert (refused.status, refused.detail.startswith("rejected code=-4131")) == ("rejected", True)
     emulator.set_faults(Faults(fill_ratio=0.0))
-    expired = await executor(exchange).run(parse_plan(plan_fields("none")), 0, P33, resumed=False)
+    expired = await run_step(executor(exchange), parse_plan(plan_fields("none")), resumed=False)
     assert (expired.status, expired.exchange_status, expired.filled_qty) == ("rejected", "EXPIRED", 0.0)
     assert emulator.position_amount("BTCUSDT") == pytest.approx(0.5)
 
@@ -126,7 +132,7 @@ async def test_refused_stops_count_towards_the_auto_trip(
     refused_before = metrics.REGISTRY.get_sample_value("apply_stop_loss_refused_total", {"code": "-2021"})
     for index in range(2):
         plan = parse_plan(plan_fields(f"above-{index}", steps=stop_steps(55000), action="UPDATE_SL"))
-        outcome = await steps.run(plan, 0, P33, resumed=False)
+        outcome = await run_step(steps, plan, resumed=False)
         assert (outcome.status, "code=-2021" in outcome.detail) == ("rejected", True)
     assert steps.error_streak == 2
     refused_after = metrics.REGISTRY.get_sample_value("apply_stop_loss_refused_total", {"code": "-2021"})
@@ -178,11 +184,17 @@ async def test_a_step_held_back_by_the_limits_sends_nothing_and_is_no_failure(
     )
     try:
         await adapter.open()
-        await SharedLimiter(redis).block(30)  # another process got a 429 with Retry-After: 30
         steps = executor(adapter)
-        outcome = await steps.run(parse_plan(plan_fields("held")), 0, P33, resumed=False)
+        plan = parse_plan(plan_fields("held"))
+        prepared = await steps.prepare(plan)
+        await SharedLimiter(redis).block(30)  # another process got a 429 with Retry-After: 30
+        outcome = await steps.run(plan, 0, P33, False, prepared)
     finally:
         await adapter.close()
     assert (outcome.status, "held back" in outcome.detail) == ("held_back", True)
     assert steps.error_streak == 0
     assert emulator.orders() == []
+    with pytest.raises(PositionUnknown) as before_the_claim:  # held back while preparing the next plan
+        await steps.prepare(parse_plan(plan_fields("held-2")))
+    assert before_the_claim.value.held_back
+    assert steps.error_streak == 0

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from quantum_apply_layer import keys
 from quantum_apply_layer.emulator import ExchangeEmulator
-from quantum_apply_layer.execution import StepOutcome
+from quantum_apply_layer.execution import Prepared, StepOutcome
 from quantum_apply_layer.plan import Plan
 
 
@@ -166,11 +166,11 @@ async def test_a_step_that_raises_after_a_sent_close_still_ends_in_one_result(
         run_step = service.executor.run
 
         async def second_step_breaks(
-            plan: Plan, index: int, p33: dict[str, object], resumed: bool
+            plan: Plan, index: int, p33: dict[str, object], resumed: bool, prepared: Prepared
         ) -> StepOutcome:
             if index == 1:
                 raise ZeroDivisionError("a bug nobody foresaw")
-            return await run_step(plan, index, p33, resumed)
+            return await run_step(plan, index, p33, resumed, prepared)
 
         service.executor.run = second_step_breaks  # type: ignore[method-assign]
         await add_plan(redis, "half", steps=steps)

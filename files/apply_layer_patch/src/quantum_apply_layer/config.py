@@ -73,6 +73,9 @@ class Settings:
     redis_wait_timeout_ms: int = 200
     # How far behind the exchange's clock a signed request may arrive (Binance's recvWindow, max 60 s).
     exchange_recv_window_ms: int = 5000
+    # How old the last positionRisk check of the pushed positions may be before a plan reads its
+    # position by REST before the claim (the check runs every half of it, weight 5 each time).
+    position_max_age_s: float = 10.0
 
     def notional_limit(self, symbol: str) -> float | None:
         """The symbol's own limit, else the `*` limit, else none."""
@@ -116,6 +119,7 @@ class Settings:
             "APPLY_REDIS_WAIT_REPLICAS": str(self.redis_wait_replicas),
             "APPLY_REDIS_WAIT_TIMEOUT_MS": str(self.redis_wait_timeout_ms),
             "APPLY_EXCHANGE_RECV_WINDOW_MS": str(self.exchange_recv_window_ms),
+            "APPLY_POSITION_MAX_AGE_S": f"{self.position_max_age_s:g}",
         }
 
 
@@ -159,6 +163,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         redis_wait_replicas=_int(env, "APPLY_REDIS_WAIT_REPLICAS", 1 if sentinels else 0, 0, 10),
         redis_wait_timeout_ms=_int(env, "APPLY_REDIS_WAIT_TIMEOUT_MS", 200, 1, 10_000),
         exchange_recv_window_ms=_int(env, "APPLY_EXCHANGE_RECV_WINDOW_MS", 5000, 1, 60_000),
+        position_max_age_s=float(_int(env, "APPLY_POSITION_MAX_AGE_S", 10, 2, 300)),
     )
 
 

@@ -57,7 +57,9 @@ from quantum_apply_layer import __version__
 from quantum_apply_layer.config import ConfigError, is_loopback_host, load_credentials
 from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS
 from quantum_apply_layer.emulator_markets import MARKETS, exchange_info, leverage_brackets
+from quantum_apply_layer.emulator_requests import RequestCounter
 from quantum_apply_layer.emulator_state import BinanceError, ExchangeState, Faults, OrderLogEntry
+from quantum_apply_layer.emulator_user_stream import UserStreamServer
 
 EMULATOR_NAME = "quantum-exchange-emulator"
 _DEFAULT_RECV_WINDOW_MS = 5_000
@@ -311,6 +313,8 @@ def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Applic
         return leverage_brackets(MARKETS[symbol])
 
     app = web.Application(middlewares=[_limits_middleware(state)])
+    RequestCounter(state).register(app)
+    UserStreamServer(state, api_key).register(app)
     app.add_routes(
         [
             web.get("/fapi/v1/ping", ping),

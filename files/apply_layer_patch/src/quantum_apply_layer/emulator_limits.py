@@ -140,4 +140,7 @@ ENDPOINT_COSTS: dict[tuple[str, str], Cost] = {
     ("GET", "/fapi/v1/algoOrder"): Cost(1),
     ("DELETE", "/fapi/v1/algoOrder"): Cost(1),
     ("GET", "/fapi/v1/openAlgoOrders"): Cost(1, weight_without_symbol=40),
+    ("POST", "/fapi/v1/listenKey"): Cost(1),
+    ("PUT", "/fapi/v1/listenKey"): Cost(1),
+    ("DELETE", "/fapi/v1/listenKey"): Cost(1),
 }

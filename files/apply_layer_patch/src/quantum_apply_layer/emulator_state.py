@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -264,6 +264,20 @@ def _algo_query_view(order: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
+@dataclass(frozen=True)
+class AccountChange:
+    """What the user data stream pushes: a symbol's position after a change, and the order behind it."""
+
+    symbol: str
+    amount: Decimal
+    entry_price: Decimal
+    order: dict[str, Any] | None  # None: the position was set from outside (a liquidation, a manual close)
+
+
+# Called with the state's lock held, from whichever thread made the change; None means a reset.
+StateListener = Callable[[AccountChange | None], None]
+
+
 @dataclass
 class _Book:
     positions: dict[str, Decimal] = field(default_factory=dict)
@@ -289,12 +303,27 @@ class ExchangeState:
         # Exchange ids never repeat, not even across a reset, as on the real exchange.
         self._order_ids = itertools.count(8_389_765_000)
         self.limits = RateLimits()
+        self._listeners: list[StateListener] = []
+
+    def add_listener(self, listener: StateListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _notify(self, change: AccountChange | None) -> None:
+        for listener in self._listeners:
+            listener(change)
+
+    def _changed(self, symbol: str, order: dict[str, Any] | None) -> None:
+        amount = self._book.positions.get(symbol, _ZERO)
+        entry = self._book.entry_prices.get(symbol, _ZERO) if amount else _ZERO
+        self._notify(AccountChange(symbol, amount, entry, dict(order) if order else None))
 
     # --- control -------------------------------------------------------------------------------
 
     def reset(self) -> None:
         with self._lock:
             self._book = _Book()
+            self._notify(None)
         self.limits.reset()
 
     def set_positions(self, amounts: Mapping[str, Any]) -> None:
@@ -304,6 +333,7 @@ class ExchangeState:
             for symbol, amount in parsed.items():
                 self._book.positions[symbol] = amount
                 self._book.entry_prices[symbol] = self._book.marks[symbol]
+                self._changed(symbol, None)
 
     def set_mark_prices(self, prices: Mapping[str, Any]) -> None:
         parsed = self._parse_symbol_numbers(prices, positive_only=True)
@@ -373,6 +403,7 @@ class ExchangeState:
                 raise
             booked = self._book.orders[order["orderId"]]["status"]  # the order's state, whatever the answer
             self._log(params, received, booked, None, order["orderId"])
+            self._changed(order["symbol"], order)
             return order
 
     def query_order(self, params: Mapping[str, str]) -> dict[str, Any]:

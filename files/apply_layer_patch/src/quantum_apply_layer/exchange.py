@@ -38,6 +38,7 @@ from quantum_apply_layer.exchange_limits import (
     limits_from_exchange_info,
     share,
 )
+from quantum_apply_layer.market_filters import MarketFilters
 
 ErrorKind = Literal["network", "timeout", "rejected", "auth", "rate_limit", "other"]
 
@@ -322,6 +323,35 @@ class Exchange:
                 return None
             raise
         return _ack(order)
+
+    async def positions(self) -> dict[str, Position]:
+        """Every open position (GET /fapi/v3/positionRisk without a symbol, weight 5): a reconciliation."""
+        rows: list[dict[str, Any]] = await self._lookup(
+            "position_risk", self._client.fapiPrivateV3GetPositionRisk
+        )
+        held: dict[str, Position] = {}
+        for row in rows:
+            symbol = str(row.get("symbol"))
+            before = held.get(symbol, Position(0.0, 0.0))
+            held[symbol] = Position(
+                before.amount + float(row["positionAmt"]),
+                max(before.mark_price, float(row.get("markPrice") or 0)),
+            )
+        return held
+
+    def market_filters(self, symbol: str) -> MarketFilters:
+        """The symbol's filters from the exchangeInfo loaded in open(): no request."""
+        market = self._client.markets[self._unified(symbol)]
+        return MarketFilters.from_exchange_info(symbol, market["info"].get("filters") or [])
+
+    async def open_listen_key(self) -> str:
+        """POST /fapi/v1/listenKey: the user data stream's key (the same one while it is valid)."""
+        answer: dict[str, Any] = await self._lookup("listen_key", self._client.fapiPrivatePostListenKey)
+        return str(answer["listenKey"])
+
+    async def keep_listen_key(self) -> None:
+        """PUT /fapi/v1/listenKey: another 60 minutes; -1125 when the key has expired."""
+        await self._lookup("listen_key", self._client.fapiPrivatePutListenKey)
 
     async def send_reduce_only_market(
         self,

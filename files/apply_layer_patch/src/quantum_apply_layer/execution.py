@@ -1,5 +1,10 @@
 """From a gated plan step to at most one exchange order.
 
+Everything an order needs is known before the claim (`prepare`): the position and mark (from the
+PositionBook, else one REST read), the market's filters, the stop prices rounded and checked. After the
+claim only local work is left (the min with P3.3's safe_close_qty, the notional check, the step rounding)
+and the order itself, so a claim is one exchange trip from its order, whatever the distance.
+
 Sizing is pure (testable without an exchange). Sending is never retried: a retried POST could open a
 second order. A plan resumed after a crash first looks its orders up by client id (`clientAlgoId` for a
 stop), and sends only the steps the exchange has never seen.
@@ -24,13 +29,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 from . import metrics
-from .exchange import Exchange, ExchangeError, OrderAck, Position, client_order_id
+from .exchange import Exchange, ExchangeError, OrderAck, Position, StopOrder, client_order_id
+from .market_filters import FilterError, MarketFilters
 from .plan import OrderType, Plan, Step
+from .position_book import POSITION_TOLERANCE, PositionBook, Unusable
 
 log = logging.getLogger(__name__)
 Side = Literal["BUY", "SELL"]
-# Amounts closer than this are the same position (exchange quantities have at most 8 decimals).
-POSITION_TOLERANCE = 1e-9
 _CODE_IN_DETAIL = re.compile(r"code=(-?\d+)")
 # Final states of a market order in which nothing more will fill.
 _NOTHING_FILLED = frozenset({"EXPIRED", "CANCELED", "REJECTED", "EXPIRED_IN_MATCH"})
@@ -124,16 +129,98 @@ def notional_verdict(quantity: float, price: float, limit: float | None) -> str 
     return None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a plan's orders need, known before its claim."""
+
+    held: Position
+    filters: MarketFilters
+    # The protective stops standing for the symbol, read before the claim when the plan updates one.
+    standing_stops: tuple[StopOrder, ...] = ()
+
+    def after(self, outcome: StepOutcome) -> Prepared:
+        """The position as the next step finds it: less what a placed close asked for. A fill smaller than
+        asked leaves the real position larger, so the next step is sized smaller, never larger."""
+        if outcome.status != "sent" or outcome.quantity <= 0:
+            return self
+        reduced = max(abs(self.held.amount) - outcome.quantity, 0.0)
+        return replace(self, held=Position(math.copysign(reduced, self.held.amount), self.held.mark_price))
+
+
+class PositionUnknown(Exception):
+    """Neither the stream nor the exchange could say what the position is: nothing is claimed.
+    `held_back`: the read was not sent, to stay under the exchange's limits (no failure of the exchange)."""
+
+    def __init__(self, message: str, held_back: bool = False) -> None:
+        super().__init__(message)
+        self.held_back = held_back
+
+
+def _held_back(error: ExchangeError) -> bool:
+    """Our own limiter or a Retry-After kept the request home: nothing was sent, nothing failed."""
+    return error.kind == "rate_limit" and error.code is None
+
+
 class StepExecutor:
     def __init__(
-        self, exchange: Exchange, mismatch: MismatchClock, notional_limit: Callable[[str], float | None]
+        self,
+        exchange: Exchange,
+        book: PositionBook,
+        mismatch: MismatchClock,
+        notional_limit: Callable[[str], float | None],
     ) -> None:
         self._exchange = exchange
+        self._book = book
         self._mismatch = mismatch
         self._notional_limit = notional_limit
         self.error_streak = 0  # exchange failures in a row, for the auto-trip
 
-    async def run(self, plan: Plan, index: int, p33: dict[str, object], resumed: bool) -> StepOutcome:
+    async def prepare(self, plan: Plan) -> Prepared:
+        """Before the claim: the position (pushed, else read now), the filters, and every stop price and
+        close checked against them. FilterError: the plan can never be sent as it is."""
+        held = await self._book.wait_usable(plan.symbol)
+        if isinstance(held, Unusable):
+            metrics.apply_position_lookups_total.labels(held.value).inc()
+            try:
+                held = await self._exchange.position(plan.symbol, emergency=plan.emergency)
+            except ExchangeError as error:
+                if _held_back(error):
+                    raise PositionUnknown(f"held_back: {error}", held_back=True) from error
+                self.error_streak += 1
+                raise PositionUnknown(f"position_unknown: {error.kind}: {error}") from error
+            self._book.confirm(plan.symbol, held)
+        try:
+            filters = self._exchange.market_filters(plan.symbol)
+        except ExchangeError as error:  # an unknown symbol
+            raise FilterError(f"market_filter: {error}") from error
+        remaining = abs(held.amount)
+        for step in plan.steps:
+            if step.order_type is OrderType.STOP_LOSS_ORDER:
+                assert step.price is not None  # validated in plan.py
+                filters.stop_price(step.price)
+            elif remaining > 0 and step.pct:
+                largest = remaining * (step.pct or 0.0) / 100  # before P3.3's safe_close_qty, which only cuts
+                filters.reaches_min(largest)
+                remaining -= largest
+        stops: tuple[StopOrder, ...] = ()
+        if any(step.order_type is OrderType.STOP_LOSS_ORDER for step in plan.steps):
+            try:
+                stops = tuple(await self._exchange.open_stops(plan.symbol))
+            except ExchangeError as error:
+                if _held_back(error):
+                    raise PositionUnknown(f"held_back: {error}", held_back=True) from error
+                self.error_streak += 1
+                raise PositionUnknown(f"stops_unknown: {error.kind}: {error}") from error
+        return Prepared(held, filters, stops)
+
+    def refreshed(self, plan: Plan, prepared: Prepared) -> Prepared:
+        """After the claim, locally: a change the stream pushed while the plan waited for its permits."""
+        held = self._book.usable(plan.symbol)
+        return prepared if isinstance(held, Unusable) else replace(prepared, held=held)
+
+    async def run(
+        self, plan: Plan, index: int, p33: dict[str, object], resumed: bool, prepared: Prepared
+    ) -> StepOutcome:
         step = plan.steps[index]
         coid = client_order_id(plan.plan_id, index)
         try:
@@ -141,7 +228,7 @@ class StepExecutor:
                 found = await self._find(plan, step, coid)
                 if found is not None:
                     return self._outcome(index, step, "found", coid, found, "sent before a restart")
-            outcome = await self._send(plan, index, step, coid, p33)
+            outcome = await self._send(plan, index, step, coid, p33, prepared)
         except ExchangeError as error:
             outcome = await self._after_error(plan, index, step, coid, error)
         if outcome.status == "error" or self._stop_refused(step, outcome):
@@ -176,12 +263,12 @@ class StepExecutor:
         return True
 
     async def _send(
-        self, plan: Plan, index: int, step: Step, coid: str, p33: dict[str, object]
+        self, plan: Plan, index: int, step: Step, coid: str, p33: dict[str, object], prepared: Prepared
     ) -> StepOutcome:
-        held = await self._exchange.position(plan.symbol, emergency=plan.emergency)
+        held = prepared.held
         position = held.amount
         if plan.emergency:
-            return await self._emergency_close(plan, index, step, coid, held)
+            return await self._emergency_close(plan, index, step, coid, prepared)
         p33_amt = _float(p33.get("exchange_position_amt"))
         self._mismatch.observe(plan.symbol, positions_disagree(p33_amt, position))
         if opposite_sides(p33_amt, position):
@@ -195,23 +282,58 @@ class StepExecutor:
             too_large = notional_verdict(abs(position), step.price, self._notional_limit(plan.symbol))
             if too_large:
                 return self._blocked_by_notional(index, step, coid, too_large)
-            return await self._replace_stop(plan, index, step, coid, side, step.price)
+            stop = float(prepared.filters.stop_price(step.price))
+            return await self._replace_stop(plan, index, step, coid, side, stop, prepared.standing_stops)
         quantity = close_quantity(step, position, _float(p33.get("safe_close_qty")))
         if quantity <= 0:
             return StepOutcome(index, step.kind, "nothing_to_do", coid, detail="safe_close_qty is 0")
         too_large = notional_verdict(quantity, held.mark_price, self._notional_limit(plan.symbol))
         if too_large:
             return self._blocked_by_notional(index, step, coid, too_large)
-        ack = await self._exchange.send_reduce_only_market(plan.symbol, side, quantity, coid)
+        return await self._send_close(plan, index, step, coid, side, quantity, prepared.filters)
+
+    async def _send_close(
+        self,
+        plan: Plan,
+        index: int,
+        step: Step,
+        coid: str,
+        side: Side,
+        quantity: float,
+        filters: MarketFilters,
+    ) -> StepOutcome:
+        """A reduce-only market order, its quantity cut to the market's step. The book hears of it before it
+        leaves: until it is back on the stream, the next plan reads the position by REST."""
+        try:
+            quantity = float(filters.market_quantity(quantity))
+        except FilterError as error:
+            return StepOutcome(index, step.kind, "blocked", coid, detail=str(error))
+        self._book.sending(plan.symbol, coid)
+        try:
+            ack = await self._exchange.send_reduce_only_market(
+                plan.symbol, side, quantity, coid, emergency=plan.emergency
+            )
+        except ExchangeError as error:
+            if error.kind == "rejected":
+                self._book.refused(plan.symbol, coid)
+            raise
         return self._sent(index, step, coid, ack, quantity)
 
     async def _replace_stop(
-        self, plan: Plan, index: int, step: Step, coid: str, side: Side, price: float
+        self,
+        plan: Plan,
+        index: int,
+        step: Step,
+        coid: str,
+        side: Side,
+        price: float,
+        stops: tuple[StopOrder, ...],
     ) -> StepOutcome:
-        """Exactly one protective stop for the position afterwards: cancel the standing one(s), then place."""
+        """Exactly one protective stop for the position afterwards: cancel the standing one(s), read before
+        the claim, then place. The cancel is part of the update, so it is the one trip besides the order."""
         standing = [
             stop
-            for stop in await self._exchange.open_stops(plan.symbol)
+            for stop in stops
             if stop.close_position and stop.side == side and stop.order_type == "STOP_MARKET"
         ]
         mine = [stop for stop in standing if stop.client_algo_id == coid]
@@ -226,19 +348,19 @@ class StepExecutor:
         return replace(outcome, detail=f"{ack.status}; replaced {replaced}") if standing else outcome
 
     async def _emergency_close(
-        self, plan: Plan, index: int, step: Step, coid: str, held: Position
+        self, plan: Plan, index: int, step: Step, coid: str, prepared: Prepared
     ) -> StepOutcome:
         """Only a reduce-only close of an open position on the side the operator named."""
+        held = prepared.held
         if held.amount == 0:
             return StepOutcome(index, step.kind, "blocked", coid, detail="emergency: no open position")
         if plan.emergency_side != "ANY" and close_side(held.amount) != plan.emergency_side:
             detail = f"emergency: {plan.emergency_side} does not close the position of {held.amount}"
             return StepOutcome(index, step.kind, "blocked", coid, detail=detail)
         quantity = close_quantity(step, held.amount, None)
-        ack = await self._exchange.send_reduce_only_market(
-            plan.symbol, close_side(held.amount), quantity, coid, emergency=True
+        return await self._send_close(
+            plan, index, step, coid, close_side(held.amount), quantity, prepared.filters
         )
-        return self._sent(index, step, coid, ack, quantity)
 
     @staticmethod
     def _blocked_by_notional(index: int, step: Step, coid: str, detail: str) -> StepOutcome:
@@ -257,7 +379,7 @@ class StepExecutor:
                 return StepOutcome(index, step.kind, "error", coid, detail=detail)
             if found is not None:
                 return self._outcome(index, step, "found", coid, found, f"{error.kind}, then found")
-        if error.kind == "rate_limit" and error.code is None:
+        if _held_back(error):
             # Held back by our own limiter or a Retry-After: nothing was sent, the gate works as meant.
             return StepOutcome(index, step.kind, "held_back", coid, detail=str(error))
         status = "rejected" if error.kind == "rejected" else "error"

@@ -213,3 +213,27 @@ apply_stop_loss_refused_total = Counter(
     ["code"],
     registry=REGISTRY,
 )
+apply_user_stream_up = Gauge(
+    "apply_user_stream_up",
+    "1 while the user data stream (positions pushed by the exchange) is connected, 0 otherwise.",
+    registry=REGISTRY,
+)
+apply_user_stream_last_reconcile_timestamp_seconds = Gauge(
+    "apply_user_stream_last_reconcile_timestamp_seconds",
+    "When positionRisk last confirmed the positions the stream pushed, while it was connected (epoch s).",
+    registry=REGISTRY,
+)
+apply_position_lookups_total = Counter(
+    "apply_position_lookups",
+    "Positions read by REST before a claim because the stream could not vouch for them, by reason: "
+    "stream_down, not_reconciled, reconcile_old, awaiting_fill (our order never came back on the stream), "
+    "unconfirmed_growth.",
+    ["reason"],
+    registry=REGISTRY,
+)
+apply_stream_position_mismatch_total = Counter(
+    "apply_stream_position_mismatch",
+    "Times positionRisk found a position other than the one the user data stream reported.",
+    ["symbol"],
+    registry=REGISTRY,
+)

@@ -49,6 +49,7 @@ class PermitWatcher:
         self._db = int(redis.connection_pool.connection_kwargs.get("db", 0))
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def channel_prefix(self) -> str:
@@ -58,10 +59,16 @@ class PermitWatcher:
         self._task = asyncio.create_task(self._listen(), name="permit-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Cancelled while it subscribes, redis-py can swallow the cancellation, and the loop would go on:
+        so the loop also checks a flag, and the cancellation is repeated until the task has ended."""
+        if self._task is None:
+            return
+        self._stopped = True
+        while not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=0.5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     @contextlib.asynccontextmanager
     async def watching(self, permit_keys: Iterable[str]) -> AsyncIterator[asyncio.Event]:
@@ -82,7 +89,7 @@ class PermitWatcher:
 
     async def _listen(self) -> None:
         pattern = f"{self.channel_prefix}{keys.PERMIT_PREFIX}*"
-        while True:
+        while not self._stopped:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(pattern)

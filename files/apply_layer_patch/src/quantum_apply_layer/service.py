@@ -23,11 +23,14 @@ from .autotrip import AutoTrip
 from .config import Settings
 from .entry import RawFields, decode_entry, printable_name, text
 from .exchange import Exchange, ExchangeError, client_order_id
-from .execution import MismatchClock, StepExecutor, StepOutcome
+from .execution import MismatchClock, PositionUnknown, Prepared, StepExecutor, StepOutcome
+from .market_filters import FilterError
 from .permits import PermitWatcher, check_notifications
 from .plan import SYMBOL_PATTERN, Plan, PlanError, parse_plan
+from .position_book import PositionBook
 from .records import Recorder, Result
 from .scripts import Scripts, register_scripts
+from .user_stream import UserStream, user_stream_url
 
 log = logging.getLogger(__name__)
 READ_BATCH = 64
@@ -54,7 +57,9 @@ class ApplyLayer:
         self.scripts: Scripts = register_scripts(redis)
         self.permits = PermitWatcher(redis)
         self.mismatch = MismatchClock()
-        self.executor = StepExecutor(exchange, self.mismatch, settings.notional_limit)
+        self.positions = PositionBook(settings.position_max_age_s)
+        self.user_stream = UserStream(exchange, self.positions, user_stream_url(settings.exchange_url))
+        self.executor = StepExecutor(exchange, self.positions, self.mismatch, settings.notional_limit)
         self.recorder = Recorder(
             self.scripts,
             settings.consumer_group,
@@ -93,6 +98,7 @@ class ApplyLayer:
     async def run(self) -> None:
         await self._start()
         self.permits.start()
+        stream = asyncio.create_task(self.user_stream.run(self.stopping), name="user-data-stream")
         self.ready.set()
         log.info("consuming plans")
         try:
@@ -100,7 +106,11 @@ class ApplyLayer:
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            # The permit watcher first, as before the stream existed: cancelled while it subscribes,
+            # redis-py can swallow the cancellation and the watcher would retry forever.
             await self.permits.stop()
+            self.stopping.set()
+            await stream
 
     async def _start(self) -> None:
         """Wait, without consuming anything, until Redis and the exchange both answer. Until then nothing
@@ -310,6 +320,14 @@ class ApplyLayer:
             return
         if self.stopping.is_set():
             raise RedisUnavailable("stopping before the claim")  # left pending for the next start
+        # Everything the orders need, before the claim: after it, nothing but the orders.
+        try:
+            prepared = await self.executor.prepare(plan)
+        except (PositionUnknown, FilterError) as error:
+            unknown = isinstance(error, PositionUnknown) and not error.held_back
+            status = "error" if unknown else "blocked"
+            await self._record_verdict(entry_id, plan, gates.Verdict(status, str(error), "prepare"), started)
+            return
 
         # The claim and its WAIT on one connection: WAIT counts only what its own connection wrote, so
         # on another pooled connection it could confirm an older write while the claim is not on a replica.
@@ -324,9 +342,12 @@ class ApplyLayer:
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
 
+        prepared = self.executor.refreshed(plan, prepared)
         outcomes: list[StepOutcome] = []
         try:
-            await self._execute(plan, entry_id, claim, outcomes, resumed=recovered or claim.kind == "resume")
+            await self._execute(
+                plan, entry_id, claim, prepared, outcomes, resumed=recovered or claim.kind == "resume"
+            )
         except RedisUnavailable:
             raise  # the claim stays, and the plan resumes with a lookup once Redis answers
         except Exception as error:
@@ -428,6 +449,7 @@ class ApplyLayer:
         plan: Plan,
         entry_id: str,
         claim: gates.ClaimResult,
+        prepared: Prepared,
         outcomes: list[StepOutcome],
         resumed: bool,
     ) -> None:
@@ -441,7 +463,8 @@ class ApplyLayer:
                     detail = reason.reason if reason else again.kind
                     outcomes.append(_not_sent(plan, index, "halted", detail))
                     break
-            outcome = await self.executor.run(plan, index, claim.p33_permit, resumed)
+            outcome = await self.executor.run(plan, index, claim.p33_permit, resumed, prepared)
+            prepared = prepared.after(outcome)
             outcomes.append(outcome)
             if outcome.status in {"rejected", "error", "blocked", "held_back"}:
                 break  # fail closed: later steps assumed this one worked

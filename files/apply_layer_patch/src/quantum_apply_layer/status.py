@@ -1,8 +1,10 @@
 """What `quantum-apply-layer status` shows: the running services as they report themselves (mode,
-version, health), switches with reasons, stream lag, last execution, and the latest switch changes.
+version, health), switches with reasons, stream lag, the user data stream's health, last execution, and
+the latest switch changes.
 
-The mode and health come from the services' own heartbeats in Redis, not from the environment of the
-shell that runs `status`: an operator must see what trades, not what the CLI would do.
+The mode and health come from the services themselves (their heartbeats in Redis, their metrics), not
+from the environment of the shell that runs `status`: an operator must see what trades, not what the CLI
+would do.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from redis.asyncio import Redis
 
 from . import keys
 from .config import Settings
+from .stream_health import read_stream_health, render_stream_health
 from .switch import audit_time, read_audit, read_global_switch, read_symbol_switches
 
 RECENT_RESULTS = 200
@@ -57,6 +60,7 @@ async def collect_status(redis: Redis, settings: Settings, audit_count: int) -> 
             "live_consumers": len(instances),
         },
         "dead_letters": await redis.xlen(keys.DLQ_STREAM),
+        "user_data_stream": await read_stream_health(settings),
         "last_result": results[0] if results else None,
         "last_execution": executed,
         "audit": [{**entry, "time": audit_time(entry)} for entry in await read_audit(redis, audit_count)],
@@ -119,6 +123,9 @@ def render_status(status: dict[str, object], now: float | None = None) -> str:
             f"pending={stream['pending']} consumers={stream['consumers']} (live: {stream['live_consumers']})"
         )
     lines.append(f"dead letters: {status['dead_letters']}")
+    health = status["user_data_stream"]
+    assert isinstance(health, dict)
+    lines.append(render_stream_health(health))
     lines.append(f"last result: {_brief(status['last_result'], now)}")
     lines.append(f"last execution: {_brief(status['last_execution'], now)}")
     audit = status["audit"]

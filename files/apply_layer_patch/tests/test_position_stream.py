@@ -1,0 +1,243 @@
+"""Positions from the exchange's push, checked by its pull: the running service against the emulator's stream.
+
+What is proven: after the claim nothing but the order (in the steady state a plan costs the exchange one
+order and nothing else); a stale or dropped stream falls back to a lookup before the claim, and an
+unreachable exchange claims nothing; a position changed at the exchange is seen before the next plan is
+sized; a stream that lies is caught, counted, and never sizes an order above the real position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from conftest import ServiceFactory
+from delay_proxy import DelayProxy
+from plans import add_plan, grant_permits, wait_for_results
+from prometheus_client import generate_latest
+from redis.asyncio import Redis
+
+from quantum_apply_layer import keys, metrics
+from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.service import ApplyLayer
+from quantum_apply_layer.stream_health import render_stream_health, stream_health
+
+POSITION_RISK = "GET /fapi/v3/positionRisk"
+ORDER = "POST /fapi/v1/order"
+CLOSE_HALF = json.dumps([{"step": "CLOSE_PARTIAL_50", "type": "market_reduce_only", "pct": 50}])
+# Long enough that no periodic reconciliation runs inside a test: every positionRisk seen is a plan's.
+QUIET = {"APPLY_POSITION_MAX_AGE_S": "300"}
+
+
+async def control(emulator: ExchangeEmulator, method: str, path: str, body: object = None) -> object:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{emulator.base_url}/_emulator/{path}", json=body) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def requests(emulator: ExchangeEmulator) -> Counter[str]:
+    counts = await control(emulator, "GET", "requests")
+    assert isinstance(counts, dict)
+    return Counter({str(name): int(count) for name, count in counts.items()})
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def lookups(reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("apply_position_lookups_total", {"reason": reason})
+    return value or 0.0
+
+
+def mismatches(symbol: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("apply_stream_position_mismatch_total", {"symbol": symbol})
+    return value or 0.0
+
+
+async def plan(
+    redis: Redis,
+    plan_id: str,
+    safe_close_qty: float = 100.0,
+    steps: str = CLOSE_HALF,
+    action: str = "PARTIAL_50",
+) -> None:
+    await grant_permits(redis, plan_id, safe_close_qty=safe_close_qty)
+    await add_plan(redis, plan_id, permits=False, steps=steps, action=action)
+
+
+def quantity_of(emulator: ExchangeEmulator, client_order_id: str) -> float:
+    (order,) = [o for o in emulator.orders() if o.client_order_id == client_order_id]
+    assert order.quantity is not None
+    return order.quantity
+
+
+@pytest.fixture
+async def proxy(emulator: ExchangeEmulator) -> AsyncIterator[DelayProxy]:
+    """The emulator behind a proxy the test can cut: the exchange unreachable, REST and stream alike."""
+    port = int(emulator.base_url.rsplit(":", 1)[1])
+    delay_proxy = DelayProxy(port, 0.0)
+    await delay_proxy.start()
+    yield delay_proxy
+    await delay_proxy.stop()
+
+
+def health() -> dict[str, object]:
+    """What `status` shows, from the metrics the service exports."""
+    return stream_health(generate_latest(metrics.REGISTRY).decode())
+
+
+async def fresh(service: ApplyLayer) -> ApplyLayer:
+    await until(service.positions.fresh)
+    return service
+
+
+async def test_in_the_steady_state_a_plan_costs_one_order_and_no_lookup(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.8})
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        before = await requests(emulator)
+        for n in range(5):
+            await plan(redis, f"steady-{n}")
+            await wait_for_results(redis, n + 1)
+        spent = await requests(emulator) - before
+    assert spent == Counter({ORDER: 5}), spent
+    # Each plan sized from the position its predecessor left: 0.8 -> 0.4 -> 0.2 -> 0.1 -> 0.05 -> 0.025.
+    assert [quantity_of(emulator, f"qh-steady-{n}-0") for n in range(5)] == [0.4, 0.2, 0.1, 0.05, 0.025]
+
+
+async def test_a_dropped_stream_falls_back_to_a_lookup_before_the_claim(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.8})
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        assert health()["connected"] is True
+        await control(emulator, "POST", "user_stream", {"mode": "down"})
+        await until(lambda: not service.positions.connected)
+        assert health()["connected"] is False
+        emulator.set_positions({"BTCUSDT": 0.3})  # changed while nobody was listening
+        before, looked_up = await requests(emulator), lookups("stream_down")
+        await plan(redis, "after-drop")
+        result = (await wait_for_results(redis, 1))["after-drop"]
+        spent = await requests(emulator) - before
+    assert result["status"] == "executed", result
+    assert quantity_of(emulator, "qh-after-drop-0") == 0.15  # half of what the exchange holds, not of 0.8
+    assert spent == Counter({POSITION_RISK: 1, ORDER: 1})
+    assert lookups("stream_down") == looked_up + 1
+    assert "user data stream: DOWN" in render_stream_health(health())
+
+
+async def test_a_stream_that_comes_back_is_reconciled_before_it_is_trusted_again(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.8})
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        await control(emulator, "POST", "user_stream", {"mode": "down"})
+        await until(lambda: not service.positions.connected)
+        emulator.set_positions({"BTCUSDT": 0.6})  # missed while down: only a reconciliation can tell
+        await control(emulator, "POST", "user_stream", {"mode": "live"})
+        await fresh(service)  # reconnected (a new key, a new connection) and reconciled
+        before = await requests(emulator)
+        await plan(redis, "back")
+        result = (await wait_for_results(redis, 1))["back"]
+        spent = await requests(emulator) - before
+    assert result["status"] == "executed", result
+    assert quantity_of(emulator, "qh-back-0") == 0.3
+    assert spent == Counter({ORDER: 1})
+
+
+async def test_a_stale_stream_falls_back_to_a_lookup_before_the_next_plan(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.8})
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        await control(emulator, "POST", "user_stream", {"mode": "stale"})  # connected, silent
+        await plan(redis, "first")
+        await wait_for_results(redis, 1)  # 0.4 closed; the stream never says so
+        emulator.set_positions({"BTCUSDT": 0.1})  # and a manual close it does not say either
+        before, looked_up = await requests(emulator), lookups("awaiting_fill")
+        await plan(redis, "second")
+        result = (await wait_for_results(redis, 2))["second"]
+        spent = await requests(emulator) - before
+        assert service.positions.connected  # only its own order, never back, told it the stream was stale
+    assert result["status"] == "executed", result
+    assert quantity_of(emulator, "qh-second-0") == 0.05  # half of 0.1, read by REST
+    assert spent == Counter({POSITION_RISK: 1, ORDER: 1})
+    assert lookups("awaiting_fill") == looked_up + 1
+
+
+async def test_an_unreachable_exchange_with_the_stream_down_claims_nothing(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory, proxy: DelayProxy
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.8})
+    url = f"http://127.0.0.1:{proxy.port}"
+    async with running_service(APPLY_EXCHANGE_URL=url, **QUIET) as service:
+        await fresh(service)
+        proxy.cut()
+        await until(lambda: not service.positions.connected)
+        await plan(redis, "blind")
+        result = (await wait_for_results(redis, 1))["blind"]
+        proxy.restore()
+    assert result["status"] == "error", result
+    assert result["reason"].startswith("position_unknown"), result
+    assert emulator.orders() == []
+    assert "claimed_at" not in json.loads(await redis.get(keys.dedupe_mark("blind")))  # never claimed
+    assert await redis.get(keys.governor_permit("blind")) is not None  # permits not consumed
+    assert await redis.get(keys.p33_permit("blind")) is not None
+
+
+@pytest.mark.parametrize("left", [0.2, 0.0], ids=["manual-close", "liquidated"])
+async def test_a_position_changed_at_the_exchange_is_seen_before_the_next_plan(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory, left: float
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.8})
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        emulator.set_positions({"BTCUSDT": left})  # pushed as an ACCOUNT_UPDATE
+        await until(lambda: getattr(service.positions.usable("BTCUSDT"), "amount", None) == left)
+        before = await requests(emulator)
+        await plan(redis, "next")
+        result = (await wait_for_results(redis, 1))["next"]
+        spent = await requests(emulator) - before
+    assert spent[POSITION_RISK] == 0  # the push said it all
+    if left:
+        assert result["status"] == "executed", result
+        assert quantity_of(emulator, "qh-next-0") == left / 2
+    else:
+        assert result["status"] == "skipped", result
+        assert emulator.orders() == []
+
+
+async def test_a_stream_that_lies_is_caught_counted_and_never_sizes_above_the_real_position(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    full = json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}])
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        counted = mismatches("BTCUSDT")
+        await control(emulator, "POST", "user_stream/push", {"BTCUSDT": 2.0})  # the exchange holds 0.5
+        await until(lambda: mismatches("BTCUSDT") == counted + 1)  # the reconciliation it set off
+        await control(emulator, "POST", "user_stream/push", {"BTCUSDT": 3.0})
+        await plan(redis, "after-lie", steps=full, action="FULL_CLOSE_PROPOSED")
+        result = (await wait_for_results(redis, 1))["after-lie"]
+    assert result["status"] == "executed", result
+    assert quantity_of(emulator, "qh-after-lie-0") == 0.5  # the real position, never the 2.0 or 3.0
+    assert mismatches("BTCUSDT") >= counted + 1
+    assert emulator.position_amount("BTCUSDT") == 0.0
