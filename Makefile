@@ -44,7 +44,7 @@ lint-shell:
 unit: venv
 	cd $(PKG) && pytest -q
 
-ops-test: venv
+ops-test: venv wheelhouse
 	bash ops/check.sh
 	pytest -q ops/tests
 
