@@ -4,7 +4,9 @@ from testinfra.host import Host
 
 RELEASE_PYTHON = "/opt/quantum/apply-layer/current/venv/bin/python"
 # The compiled packages of the lock: each imports only from a wheel built for the venv's Python.
-COMPILED = "aiohttp, cffi, charset_normalizer, coincurve, frozenlist, multidict, orjson, propcache, uvloop, yarl"
+COMPILED = (
+    "aiohttp, cffi, charset_normalizer, coincurve, frozenlist, multidict, orjson, propcache, uvloop, yarl"
+)
 
 
 def test_the_host_runs_debian_13(host: Host) -> None:
