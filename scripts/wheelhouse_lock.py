@@ -6,6 +6,7 @@
   wheelhouse_lock.py release LOCK WHEELHOUSE
       the release's requirements: the lock, plus the hashes of the wheels built here (the apply
       layer's own, and those built from a locked sdist); targets install with --require-hashes from it.
+      Fails, saying to run `make lock`, when the apply layer asks for a package or version the lock lacks.
 
 The lock is read with pip's own parser of requirements, so both sides agree on what it says.
 """
@@ -13,6 +14,7 @@ The lock is read with pip's own parser of requirements, so both sides agree on w
 import hashlib
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 from pip._vendor.packaging.markers import default_environment
@@ -74,9 +76,32 @@ def release(lock: Path, wheelhouse: Path) -> str:
         locked = canonicalize_name(Requirement(requirement).name)
         extra = [h for h in built.pop(locked, []) if h not in hashes]
         blocks.append(block(requirement, hashes + extra))
+    pins: dict[str, Requirement] = {
+        canonicalize_name(Requirement(r).name): Requirement(r) for r, _ in entries(lock)
+    }
     for own, hashes in sorted(built.items()):
+        wheel = next(wheelhouse.glob(f"{own.replace('-', '_')}-*.whl"))
+        check_locked(wheel, pins)
         blocks.append(block(f"{own}=={versions[own]}", hashes))
     return "".join(blocks)
+
+
+def check_locked(wheel: Path, pins: dict[str, Requirement]) -> None:
+    """Every requirement of a wheel built from our sources is pinned by the lock at a version it accepts."""
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(metadata).decode().splitlines()
+    for line in lines:
+        if not line.startswith("Requires-Dist:"):
+            continue
+        wanted = Requirement(line.partition(":")[2].strip())
+        pin = pins.get(canonicalize_name(wanted.name))
+        locked = str(pin.specifier).removeprefix("==") if pin else None
+        if locked is None or not wanted.specifier.contains(locked, prereleases=True):
+            raise SystemExit(
+                f"the lock is stale: {wheel.name} requires {wanted}, the lock pins {locked or 'nothing'}; "
+                "run `make lock`, review and commit files/apply_layer_patch/requirements.lock"
+            )
 
 
 def block(requirement: str, hashes: list[str]) -> str:
