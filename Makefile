@@ -66,9 +66,10 @@ lock: venv
 	uv pip compile $(PKG)/pyproject.toml --universal --python-version 3.11 --generate-hashes \
 	  --custom-compile-command 'make lock' --quiet --output-file $(PKG)/requirements.lock
 
-## molecule: the infrastructure roles alone (ACLs, validation), the whole stack as deployed, then
-## releases: deploy A, B, roll back, refuse a broken C; a fleet of three hosts on a network, with faults;
-## last, Redis behind Sentinel on three nodes, failed over while plans flow.
+## molecule: the infrastructure roles alone (ACLs, validation), the whole stack as deployed (on Debian 13),
+## then releases: deploy A, B, roll back, refuse a broken C; a fleet of three hosts on a network, with
+## faults, halfway through an upgrade from Debian 12 to 13; last, Redis behind Sentinel on three nodes,
+## failed over while plans flow. The others run on Debian 12.
 molecule: venv image wheelhouse
 	molecule test -s infra
 	molecule test -s default
