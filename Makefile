@@ -7,7 +7,12 @@ PKG := files/apply_layer_patch
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv lint lint-python lint-ansible lint-shell unit ops-test molecule test lab bench bench-deploy wheelhouse image docker
+.PHONY: venv lint lint-python lint-ansible lint-shell unit ops-test molecule test lab bench bench-deploy wheelhouse lock image docker
+
+# The Debian release `make lab` deploys onto: 13 (trixie, today's stable) or 12 (bookworm).
+DEBIAN ?= 13
+# uv resolves the lock for every supported Python at once (--universal), on a controller that has one.
+UV_VERSION := 0.13.8
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt $(PKG)/pyproject.toml
@@ -26,6 +31,9 @@ lint-python: venv
 	ruff check --config $(PKG)/pyproject.toml ops/tests molecule
 	ruff format --check --config $(PKG)/pyproject.toml ops/tests molecule
 	MYPYPATH=$(PKG)/src mypy --strict --python-version 3.11 ops/tests
+	ruff check --config $(PKG)/pyproject.toml scripts
+	ruff format --check --config $(PKG)/pyproject.toml scripts
+	mypy --strict --python-version 3.11 scripts
 
 lint-ansible: venv
 	ansible-lint --profile production
@@ -36,22 +44,32 @@ lint-shell:
 unit: venv
 	cd $(PKG) && pytest -q
 
-ops-test: venv
+ops-test: venv wheelhouse
 	bash ops/check.sh
 	pytest -q ops/tests
 
 docker:
 	bash scripts/ensure-docker.sh
 
+## image: the systemd base images of both supported releases (molecule runs both).
 image: docker
-	bash scripts/build-image.sh
+	bash scripts/build-image.sh bookworm
+	bash scripts/build-image.sh trixie
 
 wheelhouse: venv
 	bash scripts/build-wheelhouse.sh
 
-## molecule: the infrastructure roles alone (ACLs, validation), the whole stack as deployed, then
-## releases: deploy A, B, roll back, refuse a broken C; a fleet of three hosts on a network, with faults;
-## last, Redis behind Sentinel on three nodes, failed over while plans flow.
+## lock: re-resolve the apply layer's runtime dependencies (pyproject.toml) into the hash-pinned lock that
+## every wheelhouse is built from; review its diff and commit it.
+lock: venv
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	uv pip compile $(PKG)/pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	  --custom-compile-command 'make lock' --quiet --output-file $(PKG)/requirements.lock
+
+## molecule: the infrastructure roles alone (ACLs, validation), the whole stack as deployed (on Debian 13),
+## then releases: deploy A, B, roll back, refuse a broken C; a fleet of three hosts on a network, with
+## faults, halfway through an upgrade from Debian 12 to 13; last, Redis behind Sentinel on three nodes,
+## failed over while plans flow. The others run on Debian 12.
 molecule: venv image wheelhouse
 	molecule test -s infra
 	molecule test -s default
@@ -60,8 +78,9 @@ molecule: venv image wheelhouse
 	molecule test -s sentinel
 
 ## lab: build what is needed, deploy the whole stack onto a local container, smoke it, say where to look.
+## `make lab DEBIAN=12` for a Debian 12 container.
 lab: venv
-	bash scripts/lab.sh
+	QH_DEBIAN=$(DEBIAN) bash scripts/lab.sh
 
 bench: venv
 	cd $(PKG)/tests && python bench.py

@@ -6,19 +6,21 @@
 #   deploy B         a second release: the package under another version
 #   rollback         playbooks/rollback.yml back to the first release, restarted and health-checked
 # then prints each run's seconds and the median. BENCH_RUNS (default 3) runs; fewer than 3 is a smoke
-# try, not a figure. The machine may be shared: the load average at start and end says how quiet it was.
+# try, not a figure. QH_DEBIAN (13, default, or 12) is the Debian release of the containers. The machine
+# may be shared: the load average at start and end says how quiet it was.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 container=${QH_BENCH_CONTAINER:-qh-bench-deploy}
-image=${QH_BASE_IMAGE:-quantum-hygiene/debian12-systemd:bookworm}
 runs=${BENCH_RUNS:-3}
 out="$root/build/bench-deploy"
 release_link=/opt/quantum/apply-layer/current
 export ANSIBLE_CONFIG="$root/ansible.cfg" ANSIBLE_NOCOLOR=1
 # shellcheck source=systemd-container.sh source-path=SCRIPTDIR disable=SC1091 # checked on its own too
 source "$root/scripts/systemd-container.sh"
+release=${QH_DEBIAN:-13}
+image=$(debian_image "$release")
 
 case $runs in
   '' | *[!0-9]* | 0)
@@ -29,7 +31,7 @@ esac
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 bash scripts/ensure-docker.sh
-bash scripts/build-image.sh
+bash scripts/build-image.sh "$(debian_suite "$release")"
 bash scripts/build-wheelhouse.sh
 
 work=$(mktemp -d)
@@ -127,7 +129,7 @@ done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo
-echo "Deploy timings, seconds, $runs run(s) on $(nproc) cores; logs in $out/logs"
+echo "Deploy timings, seconds, $runs run(s) on $(nproc) cores, Debian $release containers; logs in $out/logs"
 [ "$runs" -ge 3 ] || echo "BENCH_RUNS=$runs: a smoke try; report medians of 3 runs or more"
 printf '%-28s' step
 for run in $(seq 1 "$runs"); do printf ' %7s' "run $run"; done

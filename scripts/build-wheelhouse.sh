@@ -1,25 +1,46 @@
 #!/usr/bin/env bash
-# Build the wheelhouse the apply_layer role ships to targets that cannot reach a package index:
-# the apply layer's wheel and every wheel it depends on, made with the controller's python3.11
-# (the targets run Debian 12's python3.11, the same ABI).
+# Build the wheelhouse the apply_layer role ships to targets that cannot reach a package index: one
+# wheelhouse for every supported target, from the hash-pinned lock (files/apply_layer_patch/requirements.lock,
+# `make lock`), so one release serves Debian 12 and Debian 13 hosts side by side during an upgrade.
+#
+#   TARGET_PYTHONS  the CPython of each supported Debian release (12: 3.11.2, 13: 3.13.5); the full
+#                   version decides markers such as redis-py's `async-timeout; python_full_version < "3.11.3"`
+#   TARGET_ARCHS    machine architectures served (x86_64)
+#   MANYLINUX_GLIBC the oldest glibc of the supported releases (Debian 12: 2.36); newer wheels cannot run there
+#
+# Each target's wheels are downloaded for that Python (`pip download --python-version`), so a controller
+# with Python 3.11 alone builds a wheelhouse for 3.13 too, and every download is checked against the lock's
+# hashes. A locked package published only as an sdist (sdnotify) is built here into a pure wheel; a compiled
+# one without a wheel for a target fails the build, naming both. The apply layer's own wheel is built once.
+# The wheelhouse holds:
+#   *.whl             the wheels
+#   requirements.txt  the lock plus the hashes of the wheels built here: targets install with --require-hashes
+#   TARGETS           one `cp311 x86_64` line per served target, read by the role's preflight
+#   SHA256SUMS        every wheel's sha256
 #
 # Reproducible: the package is built from a clean copy of its sources with SOURCE_DATE_EPOCH fixed,
-# so the same sources give the same bytes, and the role's content-addressed release id stays the same.
-# Skipped when the inputs (sources, python, pip's configuration) have not changed; FORCE=1 rebuilds.
-# PACKAGE_DIR builds another copy of the package (a test's patched release) instead of this tree's.
+# so the same sources and lock give the same bytes, and the role's release id stays the same.
+# Skipped when the inputs (sources, lock, targets, python, pip's configuration) have not changed; FORCE=1
+# rebuilds. PACKAGE_DIR builds another copy of the package (a test's patched release) instead of this tree's.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 package=$(cd "${PACKAGE_DIR:-$root/files/apply_layer_patch}" && pwd)
+lock=${LOCK:-$root/files/apply_layer_patch/requirements.lock}
 wheelhouse="${WHEELHOUSE:-$root/build/wheelhouse}"
 python=${PYTHON:-python3.11}
-# Debian 12's python3.11. Requirements whose markers hold there but not on the controller (redis-py's
-# `async-timeout; python_full_version < "3.11.3"`) are added, or `pip install --no-index` fails there.
-target_python=${TARGET_PYTHON_VERSION:-3.11.2}
+read -r -a target_pythons <<<"${TARGET_PYTHONS:-3.11.2 3.13.5}"
+read -r -a target_archs <<<"${TARGET_ARCHS:-x86_64}"
+glibc_minor=${MANYLINUX_GLIBC:-2.36}
+glibc_minor=${glibc_minor#2.}
 stamp="$wheelhouse/.inputs.sha256"
 
-if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-  echo "build-wheelhouse: $python is not a Python 3.11 (the targets run 3.11); set PYTHON=" >&2
+if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then
+  echo "build-wheelhouse: $python is not a Python 3.11 or newer; set PYTHON=" >&2
+  exit 1
+fi
+if [ ! -f "$lock" ]; then
+  echo "build-wheelhouse: no lock at $lock; run \`make lock\` and commit it" >&2
   exit 1
 fi
 
@@ -32,9 +53,11 @@ source_files() {
 inputs_digest() {
   {
     "$python" -VV
-    echo "target $target_python"
+    echo "targets ${target_pythons[*]} on ${target_archs[*]}, glibc 2.$glibc_minor"
     "$python" -m pip --version | cut -d' ' -f1-2
     "$python" -m pip config list 2>/dev/null || true
+    sha256sum <"$lock"
+    sha256sum <"$root/scripts/wheelhouse_lock.py"
     source_files | while IFS= read -r f; do
       printf '%s  %s\n' "$(sha256sum <"$package/$f" | cut -d' ' -f1)" "$f"
     done
@@ -49,7 +72,7 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/src" "$work/wheels"
+mkdir -p "$work/src" "$work/wheels" "$work/sdists"
 # A clean copy: no stale build/ or egg-info from a developer's tree can slip into the wheel.
 source_files | while IFS= read -r f; do
   mkdir -p "$work/src/$(dirname "$f")"
@@ -60,39 +83,52 @@ done
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
 export PYTHONHASHSEED=0
 # pip warns about every index of its configuration that lacks a project; only real errors are shown.
-"$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$work/wheels" "$work/src" \
-  2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2 || true)
-
-# Requirements the target's python needs beyond the controller's, until nothing is missing.
-for _ in 1 2 3; do
-  missing=$("$python" - "$work/wheels" "$target_python" <<'PY'
-import sys, zipfile
-from pathlib import Path
-from pip._vendor.packaging.markers import default_environment
-from pip._vendor.packaging.requirements import Requirement
-from pip._vendor.packaging.utils import canonicalize_name
-
-wheels, version = Path(sys.argv[1]), sys.argv[2]
-target = dict(default_environment(), python_full_version=version, python_version=version.rsplit(".", 1)[0])
-present = {canonicalize_name(w.name.split("-")[0]) for w in wheels.glob("*.whl")}
-for wheel in sorted(wheels.glob("*.whl")):
-    with zipfile.ZipFile(wheel) as archive:
-        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        lines = archive.read(meta).decode().splitlines()
-    for line in lines:
-        if line.startswith("Requires-Dist:"):
-            req = Requirement(line.partition(":")[2].strip())
-            env = dict(target, extra="")
-            if (req.marker is None or req.marker.evaluate(env)) and canonicalize_name(req.name) not in present:
-                print(f"{req.name}{req.specifier}")
-PY
-)
-  [ -z "$missing" ] && break
-  echo "adding for python $target_python: $missing"
-  # shellcheck disable=SC2086 # one requirement per word
-  "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$work/wheels" $missing \
+pip_quiet() {
+  "$python" -m pip "$@" --quiet --disable-pip-version-check \
     2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2 || true)
+}
+
+pip_quiet wheel --no-deps --wheel-dir "$work/wheels" "$work/src"
+
+for version in "${target_pythons[@]}"; do
+  IFS=. read -r major minor _ <<<"$version"
+  tag="cp$major$minor"
+  for arch in "${target_archs[@]}"; do
+    platforms=("--platform=manylinux1_$arch" "--platform=manylinux2010_$arch" "--platform=manylinux2014_$arch")
+    for glibc in $(seq 5 "$glibc_minor"); do platforms+=("--platform=manylinux_2_${glibc}_$arch"); done
+    "$python" "$root/scripts/wheelhouse_lock.py" target "$lock" "$version" "$arch" >"$work/$tag-$arch.txt"
+    # --no-deps: the lock is the whole closure (markers decided above for this target); wheels preferred,
+    # an sdist taken only where a package publishes no wheel at all, and checked below.
+    if ! pip_quiet download --no-deps --require-hashes --prefer-binary --dest "$work/sdists" \
+      --python-version "$major.$minor" --implementation cp --abi "$tag" --abi abi3 --abi none \
+      "${platforms[@]}" -r "$work/$tag-$arch.txt"; then
+      echo "build-wheelhouse: the lock cannot be served to CPython $version on $arch (see pip's error above)" >&2
+      exit 1
+    fi
+  done
 done
+mv "$work"/sdists/*.whl "$work/wheels/"
+
+# Locked packages published only as an sdist: built here, accepted only as pure wheels (any target).
+for sdist in "$work"/sdists/*; do
+  [ -e "$sdist" ] || continue
+  mkdir -p "$work/built"
+  pip_quiet wheel --no-deps --wheel-dir "$work/built" "$sdist"
+  for wheel in "$work"/built/*.whl; do
+    if [[ $wheel != *-py3-none-any.whl && $wheel != *-py2.py3-none-any.whl ]]; then
+      echo "build-wheelhouse: $(basename "$sdist") has no wheel for every target and builds to" \
+        "$(basename "$wheel"), not a pure wheel; pin a version with wheels in pyproject.toml and run make lock" >&2
+      exit 1
+    fi
+    mv "$wheel" "$work/wheels/"
+  done
+done
+
+"$python" "$root/scripts/wheelhouse_lock.py" release "$lock" "$work/wheels" >"$work/wheels/requirements.txt"
+for version in "${target_pythons[@]}"; do
+  IFS=. read -r major minor _ <<<"$version"
+  for arch in "${target_archs[@]}"; do echo "cp$major$minor $arch"; done
+done >"$work/wheels/TARGETS"
 
 # Replace the wheelhouse as a whole so a dependency dropped since the last build does not linger.
 mkdir -p "$(dirname "$wheelhouse")"
@@ -102,4 +138,4 @@ mv "$work/wheels" "$wheelhouse.new"
 printf '%s\n' "$digest" >"$wheelhouse.new/.inputs.sha256"
 rm -rf "$wheelhouse"
 mv "$wheelhouse.new" "$wheelhouse"
-echo "wheelhouse built: $wheelhouse ($(find "$wheelhouse" -name '*.whl' | wc -l) wheels)"
+echo "wheelhouse built: $wheelhouse ($(find "$wheelhouse" -name '*.whl' | wc -l) wheels for $(paste -sd, "$wheelhouse/TARGETS"))"

@@ -2,19 +2,30 @@
 # `make lab`: the whole stack in one systemd container named quantum-lab, deployed the way production
 # is (playbooks/deploy.yml), with the exchange emulator in place of the exchange. Run it again to
 # redeploy: the container is reused, and a deploy with nothing new changes nothing.
+# QH_DEBIAN (`make lab DEBIAN=12`) says which Debian release the container runs: 13 (default) or 12.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 container=${QH_LAB_CONTAINER:-quantum-lab}
-image=${QH_BASE_IMAGE:-quantum-hygiene/debian12-systemd:bookworm}
 export ANSIBLE_CONFIG="$root/ansible.cfg"
 # shellcheck source=systemd-container.sh source-path=SCRIPTDIR disable=SC1091 # checked on its own too
 source "$root/scripts/systemd-container.sh"
+release=${QH_DEBIAN:-13}
+suite=$(debian_suite "$release")
+image=$(debian_image "$release")
 
 bash scripts/ensure-docker.sh
-bash scripts/build-image.sh
+bash scripts/build-image.sh "$suite"
 bash scripts/build-wheelhouse.sh
+
+# A lab made from another release is not silently reused: the operator decides what happens to it.
+existing_image=$(docker inspect --format '{{.Config.Image}}' "$container" 2>/dev/null || true)
+if [ -n "$existing_image" ] && [ "$existing_image" != "$image" ]; then
+  echo "The container $container runs $existing_image, not Debian $release ($image)." >&2
+  echo "Remove it to make a new lab (docker rm -f $container), or keep it with make lab DEBIAN=<its release>." >&2
+  exit 1
+fi
 
 if [ -z "$(docker ps -q --filter "name=^${container}\$")" ]; then
   if [ -n "$(docker ps -aq --filter "name=^${container}\$")" ]; then

@@ -2,6 +2,25 @@
 # Sourced by scripts/lab.sh and scripts/bench-deploy.sh: a container that boots systemd as PID 1 from
 # the base image (scripts/build-image.sh), started the way .config/molecule/config.yml starts molecule's.
 
+# debian_suite RELEASE: the suite of a supported Debian release (12 or 13), or a clear error.
+debian_suite() {
+  case $1 in
+    12) echo bookworm ;;
+    13) echo trixie ;;
+    *)
+      echo "Debian release '$1' is not supported: say 13 (trixie) or 12 (bookworm), e.g. make lab DEBIAN=12" >&2
+      return 1
+      ;;
+  esac
+}
+
+# debian_image RELEASE: the base image scripts/build-image.sh builds for it.
+debian_image() {
+  local suite
+  suite=$(debian_suite "$1") || return 1
+  echo "quantum-hygiene/debian$1-systemd:$suite"
+}
+
 # systemd_container_create NAME IMAGE [docker run options...]
 # Every capability but SYS_RESOURCE (--privileged fails here), as in .config/molecule/config.yml.
 systemd_container_create() {
