@@ -35,7 +35,7 @@ def test_alertmanager_cluster_port_is_closed(host: Host) -> None:
         ("/etc/redis/quantum.conf", "redis", "redis", 0o640),
         ("/etc/redis/users.acl", "redis", "redis", 0o640),
         ("/etc/default/prometheus-redis-exporter", "root", "root", 0o600),
-        ("/etc/default/prometheus-redis-exporter.passwords.json", "root", "root", 0o600),
+        ("/etc/default/prometheus-redis-exporter.passwords.json", "root", "prometheus", 0o640),
         ("/etc/default/prometheus-node-exporter", "root", "root", 0o644),
         ("/etc/prometheus/prometheus.yml", "root", "prometheus", 0o640),
         ("/etc/prometheus/rules", "root", "prometheus", 0o750),
