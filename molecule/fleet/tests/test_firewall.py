@@ -46,7 +46,7 @@ def from_outside(*targets: str) -> dict[str, str]:
 
 
 def from_host(host: Host, *targets: str) -> dict[str, str]:
-    return dict(json.loads(host.check_output("python3 -c %s %s", PROBE, " ".join(targets))))
+    return dict(json.loads(host.check_output("python3 -c %s" + " %s" * len(targets), PROBE, *targets)))
 
 
 def test_every_service_port_is_closed_to_a_host_outside_the_inventory() -> None:
