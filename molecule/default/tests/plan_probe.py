@@ -1,6 +1,7 @@
 """Send one plan with both permits and a 0.5 BTCUSDT position, wait for its result, count its orders.
 
 Run inside the container with the release's python: `python - PLAN_ID < plan_probe.py`. Prints JSON.
+Each write goes in as its writer's own Redis user (the lab's upstream logins), as in production.
 """
 
 import json
@@ -19,6 +20,15 @@ env = dict(
 )
 exchange, plan_id = env["APPLY_EXCHANGE_URL"], sys.argv[1]
 client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+upstream = dict(
+    line.split("=", 1)
+    for line in Path("/etc/quantum/lab-upstream.env").read_text().splitlines()
+    if line and not line.startswith("#") and "=" in line
+)
+planner, governor, brain = (
+    redis.Redis.from_url(upstream[f"{name}_REDIS_URL"], decode_responses=True)
+    for name in ("PLANNER", "RISK_GOVERNOR", "POSITION_BRAIN")
+)
 
 
 def call(method: str, path: str, body: object = None) -> Any:
@@ -31,15 +41,15 @@ def call(method: str, path: str, body: object = None) -> Any:
 
 
 call("POST", "/_emulator/positions", {"BTCUSDT": 0.5})
-client.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
-client.set(
+governor.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
+brain.set(
     f"quantum:permit:p33:{plan_id}",
     json.dumps({"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 0.5, "reason": "test"}),
     ex=60,
 )
 last = client.xrevrange("quantum:stream:apply.result", count=1)
 cursor = last[0][0] if last else "0-0"
-client.xadd(
+planner.xadd(
     "quantum:stream:apply.plan",
     {
         "plan_id": plan_id,

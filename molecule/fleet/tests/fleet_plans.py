@@ -1,7 +1,8 @@
 """Plans written as the upstream planner writes them, and what became of them, seen from an apply host.
 
 Run with the release's python: `python -c "$(cat fleet_plans.py)" COMMAND ARGS...`. It reads REDIS_URL
-from the apply layer's env file, so the password never appears on a command line. Commands:
+from the apply layer's env file (to read) and the lab's upstream logins (to write plans and permits as the
+planner, the risk governor and the position brain), so no password appears on a command line. Commands:
 
   send PREFIX COUNT EVERY_S  plans PREFIX-0 .. PREFIX-<COUNT-1>, one every EVERY_S seconds;
                              prints {"written": ..., "refused": write attempts Redis refused}
@@ -34,6 +35,15 @@ env = dict(
     if line and not line.startswith("#") and "=" in line
 )
 client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True, socket_timeout=5)
+upstream = dict(
+    line.split("=", 1)
+    for line in Path("/etc/quantum/lab-upstream.env").read_text().splitlines()
+    if line and not line.startswith("#") and "=" in line
+)
+planner, governor, brain = (
+    redis.Redis.from_url(upstream[f"{name}_REDIS_URL"], decode_responses=True, socket_timeout=5)
+    for name in ("PLANNER", "RISK_GOVERNOR", "POSITION_BRAIN")
+)
 
 
 def identity(fields: dict[str, str]) -> tuple[str | None, str | None]:
@@ -55,20 +65,18 @@ def write(fields: dict[str, str]) -> int:
         try:
             if refused and written_already(fields):
                 return refused
-            with client.pipeline(transaction=False) as pipe:
-                if fields.get("plan_id"):
-                    # What P3.2 and P3.3 would grant. No P3.3 view of the position: each apply host has
-                    # its own emulator, whose position every close changes.
-                    pipe.set(
-                        f"quantum:permit:{fields['plan_id']}", json.dumps({"granted": True}), ex=PERMIT_TTL_S
-                    )
-                    pipe.set(
-                        f"quantum:permit:p33:{fields['plan_id']}",
-                        json.dumps({"allow": True, "safe_close_qty": 0.01, "reason": "fleet"}),
-                        ex=PERMIT_TTL_S,
-                    )
-                pipe.xadd(PLAN_STREAM, fields)
-                pipe.execute()
+            if fields.get("plan_id"):
+                # What P3.2 and P3.3 would grant. No P3.3 view of the position: each apply host has
+                # its own emulator, whose position every close changes.
+                governor.set(
+                    f"quantum:permit:{fields['plan_id']}", json.dumps({"granted": True}), ex=PERMIT_TTL_S
+                )
+                brain.set(
+                    f"quantum:permit:p33:{fields['plan_id']}",
+                    json.dumps({"allow": True, "safe_close_qty": 0.01, "reason": "fleet"}),
+                    ex=PERMIT_TTL_S,
+                )
+            planner.xadd(PLAN_STREAM, fields)
             return refused
         except redis.RedisError:
             if time.monotonic() > deadline:

@@ -1,7 +1,8 @@
 """Write plans through Sentinel while a test fails the primary over, then report what became of each.
 
 Run on the apply host with the release's python: `python - PREFIX COUNT INTERVAL_S < sentinel_probe.py`.
-Reads REDIS_URL (user, password) and REDIS_SENTINELS from the apply layer's env file, so no password
+Reads REDIS_URL (user, password) and REDIS_SENTINELS from the apply layer's env file, and the lab's
+upstream logins (the planner, the risk governor, the position brain write as themselves), so no password
 appears on a command line. A write that fails (no primary yet) is retried, bounded, so the probe loses
 no plan itself. Prints JSON: per plan when it was written and every result entry it got (with the
 entry's time in ms), whether its claim (dedupe mark) is on the primary afterwards, and every write error.
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 
 RESULT_STREAM = "quantum:stream:apply.result"
+PLAN_STREAM = "quantum:stream:apply.plan"
 env = dict(
     line.split("=", 1)
     for line in Path("/etc/quantum/apply-layer.env").read_text().splitlines()
@@ -27,12 +29,28 @@ sentinel = Sentinel(
     [(host, int(port)) for host, port in (item.rsplit(":", 1) for item in env["REDIS_SENTINELS"].split(","))],
     sentinel_kwargs={"username": url.username, "password": url.password, "socket_timeout": 0.5},
 )
-client = sentinel.master_for(
-    env["REDIS_SENTINEL_SERVICE"],
-    username=url.username,
-    password=url.password,
-    decode_responses=True,
-    socket_timeout=2,
+
+
+def primary_as(login: str):  # type: ignore[no-untyped-def]
+    """The primary, as the Sentinels name it now, logged in with a URL's user and password."""
+    parts = urlsplit(login)
+    return sentinel.master_for(
+        env["REDIS_SENTINEL_SERVICE"],
+        username=parts.username,
+        password=parts.password,
+        decode_responses=True,
+        socket_timeout=2,
+    )
+
+
+upstream = dict(
+    line.split("=", 1)
+    for line in Path("/etc/quantum/lab-upstream.env").read_text().splitlines()
+    if line and not line.startswith("#") and "=" in line
+)
+client = primary_as(env["REDIS_URL"])
+planner, governor, brain = (
+    primary_as(upstream[f"{name}_REDIS_URL"]) for name in ("PLANNER", "RISK_GOVERNOR", "POSITION_BRAIN")
 )
 prefix, count, interval_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 plan_ids = [f"{prefix}-{number}" for number in range(count)]
@@ -53,17 +71,21 @@ def until_written(write) -> float:  # type: ignore[no-untyped-def]
 
 
 def write_plan(plan_id: str) -> None:
-    pipe = client.pipeline(transaction=True)
-    pipe.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=120)
-    pipe.set(
+    """Both permits, then the plan, each by its own writer as upstream does (three services, so no
+    transaction ties them). Retried after an error, so a plan whose XADD answer was lost in a failover is
+    looked for before it is written again."""
+    governor.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=120)
+    brain.set(
         f"quantum:permit:p33:{plan_id}",
         json.dumps(
             {"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 100, "reason": "sentinel"}
         ),
         ex=120,
     )
-    pipe.xadd(
-        "quantum:stream:apply.plan",
+    if any(fields.get("plan_id") == plan_id for _id, fields in planner.xrevrange(PLAN_STREAM, count=50)):
+        return
+    planner.xadd(
+        PLAN_STREAM,
         {
             "plan_id": plan_id,
             "symbol": "BTCUSDT",
@@ -72,7 +94,6 @@ def write_plan(plan_id: str) -> None:
             "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
         },
     )
-    pipe.execute()
 
 
 def results() -> dict[str, list[dict[str, object]]]:

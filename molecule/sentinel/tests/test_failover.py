@@ -7,6 +7,7 @@ The tests run in this order and each leaves three healthy nodes behind it."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -119,15 +120,22 @@ def test_one_primary_two_replicas_and_three_sentinels(nodes: dict[str, Host]) ->
         assert host.service("prometheus-redis-exporter-sentinel").is_running
 
 
+def acl_rules(line: str) -> tuple[frozenset[str], frozenset[frozenset[str]]]:
+    """One ACL LIST line as sets: Redis prints a user's rules, and a selector's, in no fixed order."""
+    selectors = frozenset(frozenset(rules.split()) for rules in re.findall(r"\(([^)]*)\)", line))
+    return frozenset(re.sub(r"\([^)]*\)", " ", line).split()), selectors
+
+
 def test_every_node_has_the_same_users_and_persistence(nodes: dict[str, Host]) -> None:
-    # ACL LIST prints a user's rules in no fixed order: compare each user's rules as a set.
     users = {
-        name: {frozenset(line.split()) for line in node_cli(host, "ACL", "LIST").splitlines()}
+        name: {acl_rules(line) for line in node_cli(host, "ACL", "LIST").splitlines()}
         for name, host in nodes.items()
     }
     assert len(set(map(frozenset, users.values()))) == 1, users
-    assert {"user", "default", "off"} <= next(rules for rules in users[NODES[0]] if "default" in rules)
-    assert len(users[NODES[0]]) == 6  # default, admin, apply layer, exporter, replication, sentinel
+    assert {"user", "default", "off"} <= next(root for root, _ in users[NODES[0]] if "default" in root)
+    # default, admin, apply layer, planner, risk governor, position brain, operator, exporter,
+    # replication, sentinel
+    assert len(users[NODES[0]]) == 10
     for host in nodes.values():
         assert node_cli(host, "CONFIG", "GET", "appendonly").splitlines() == ["appendonly", "yes"]
 

@@ -1,13 +1,15 @@
 """Prove the kill switch gates real orders, against the lab's exchange emulator only.
 
 Run by the smoke role with the apply layer release's own python (redis-py is there). It reads the
-apply layer's env file, so the Redis password never appears on a command line.
+apply layer's env file and the lab's upstream logins (one Redis user per writer: the planner, the risk
+governor, the position brain, an operator), so no password appears on a command line.
 
 1. Refuse unless APPLY_EXCHANGE_URL is a loopback address whose /_emulator/info names the emulator.
 2. Switch on  -> a plan with both permits gives a `halted` result and no order at the emulator.
 3. Switch off -> the same kind of plan gives an `executed` result and exactly one order.
 4. Always put the switch and its reason back exactly as found (value, reason, or their absence).
-Switch changes go through `quantum-apply-layer kill`, so each one has an audit entry.
+Switch changes go through `quantum-apply-layer kill` as the operator's Redis user, so each one has an
+audit entry and proves the operator may run it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 import time
@@ -86,7 +89,19 @@ def switch_state(raw: str | None) -> str:
 
 
 class Smoke:
-    def __init__(self, client: redis.Redis[str], exchange_url: str, cli: Path, timeout_s: float) -> None:
+    def __init__(
+        self,
+        upstream: dict[str, str],
+        client: redis.Redis[str],
+        exchange_url: str,
+        cli: Path,
+        timeout_s: float,
+    ) -> None:
+        self.operator_url = upstream["OPERATOR_REDIS_URL"]
+        self.writers = {
+            name: redis.Redis.from_url(upstream[f"{name}_REDIS_URL"], decode_responses=True)
+            for name in ("PLANNER", "RISK_GOVERNOR", "POSITION_BRAIN", "OPERATOR")
+        }
         self.client = client
         self.exchange_url = exchange_url
         self.cli = cli
@@ -96,6 +111,7 @@ class Smoke:
     def kill(self, command: str, reason: str) -> None:
         subprocess.run(  # noqa: S603 - fixed argv, no shell
             [str(self.cli), "kill", command, "--reason", reason, "--who", "ansible-smoke"],
+            env={**os.environ, "REDIS_URL": self.operator_url},
             check=True,
             capture_output=True,
             text=True,
@@ -104,8 +120,8 @@ class Smoke:
     def send_plan(self, plan_id: str) -> str:
         """Position, both permits, then the plan: what the planner, P3.2 and P3.3 would do."""
         http_json("POST", f"{self.exchange_url}/_emulator/positions", {SYMBOL: 0.5})
-        self.client.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
-        self.client.set(
+        self.writers["RISK_GOVERNOR"].set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
+        self.writers["POSITION_BRAIN"].set(
             f"quantum:permit:p33:{plan_id}",
             json.dumps(
                 {"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 0.5, "reason": "smoke"}
@@ -114,7 +130,7 @@ class Smoke:
         )
         last = self.client.xrevrange(RESULT_STREAM, count=1)
         cursor = last[0][0] if last else "0-0"
-        self.client.xadd(
+        self.writers["PLANNER"].xadd(
             PLAN_STREAM,
             {
                 "plan_id": plan_id,
@@ -161,7 +177,7 @@ class Smoke:
         command = RESTORE_COMMAND.get(switch_state(value))
         if command is not None:
             self.kill(command, reason or f"smoke {self.run_id}: restore the switch as found")
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.writers["OPERATOR"].pipeline(transaction=True)
         for key, original in ((SWITCH, value), (SWITCH_REASON, reason)):
             if original is None:
                 pipe.delete(key)
@@ -173,6 +189,7 @@ class Smoke:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-file", type=Path, default=Path("/etc/quantum/apply-layer.env"))
+    parser.add_argument("--upstream-env-file", type=Path, default=Path("/etc/quantum/lab-upstream.env"))
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each result")
     args = parser.parse_args()
     env = read_env_file(args.env_file)
@@ -184,7 +201,7 @@ def main() -> int:
         symbol_switch = client.get(f"quantum:kill_switch:symbol:{SYMBOL}")
         if switch_state(symbol_switch) != "running":
             raise SmokeFailed(f"the {SYMBOL} switch is {symbol_switch!r}; the smoke test needs it running")
-        smoke = Smoke(client, exchange_url, cli, args.timeout)
+        smoke = Smoke(read_env_file(args.upstream_env_file), client, exchange_url, cli, args.timeout)
         value, reason = client.get(SWITCH), client.get(SWITCH_REASON)
         try:
             smoke.kill("on", f"smoke {smoke.run_id}: prove a halt stops orders")
@@ -193,7 +210,7 @@ def main() -> int:
             resumed = smoke.check("running", "executed", 1)
         finally:
             smoke.restore(value, reason)
-    except (SmokeFailed, subprocess.CalledProcessError, OSError, redis.RedisError) as error:
+    except (SmokeFailed, subprocess.CalledProcessError, OSError, KeyError, redis.RedisError) as error:
         detail = getattr(error, "stderr", "") or ""
         print(f"smoke failed: {error} {detail}".strip(), file=sys.stderr)
         return 1

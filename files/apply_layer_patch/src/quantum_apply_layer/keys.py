@@ -47,6 +47,11 @@ def emergency_token(plan_id: str) -> str:
     return f"quantum:apply:emergency:{plan_id}"
 
 
+def notification_probe(token: str) -> str:
+    """Written once at start to see Redis publish its keyspace event (`permits.check_notifications`)."""
+    return f"quantum:apply:notify-probe:{token}"
+
+
 def symbol_switch(symbol: str) -> str:
     return f"{SYMBOL_SWITCH_PREFIX}{symbol}"
 

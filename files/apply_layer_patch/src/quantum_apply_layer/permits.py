@@ -2,7 +2,8 @@
 
 A plan whose permits are not there yet registers the keys it needs and sleeps until Redis says one of
 them changed or its deadline passes; no polling. Redis must publish keyspace events for string
-commands (`notify-keyspace-events` with K and $), which `check_notifications` verifies at start.
+commands (`notify-keyspace-events` with K and $), which `check_notifications` proves at start
+with a probe key.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Iterable
 
 from redis.asyncio import Redis
-from redis.exceptions import NoPermissionError, RedisError
+from redis.exceptions import RedisError
 
 from . import keys
 
 log = logging.getLogger(__name__)
+
+# The probe key outlives the wait, then expires by itself; the wait covers a loaded Redis.
+PROBE_TTL_MS = 10_000
+PROBE_WAIT_S = 2.0
 
 
 class NotificationsOff(Exception):
@@ -25,22 +31,28 @@ class NotificationsOff(Exception):
 
 
 async def check_notifications(redis: Redis) -> None:
-    """Raises NotificationsOff when Redis answers but cannot serve permit waiting (a setting to fix);
-    a Redis that is down or refuses the login raises RedisError, and start-up waits for it."""
+    """Write a key of the apply layer's own and wait for its keyspace event. A probe rather than
+    CONFIG GET: the apply layer's Redis user may not read the server's configuration, which under
+    Sentinel holds the replication password."""
+    db = int(redis.connection_pool.connection_kwargs.get("db", 0))
+    probe = keys.notification_probe(uuid.uuid4().hex)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
     try:
-        config = await redis.config_get("notify-keyspace-events")
-    except NoPermissionError as error:
-        raise NotificationsOff(
-            f"cannot read notify-keyspace-events ({error}); grant the apply layer's Redis user +config|get"
-        ) from error
-    flags = str(next(iter(config.values()), ""))
-    has_keyspace = "K" in flags
-    has_strings = "$" in flags or "A" in flags
-    if not (has_keyspace and has_strings):
-        raise NotificationsOff(
-            f"Redis notify-keyspace-events is {flags!r}; the apply layer needs K and $ (e.g. 'K$') "
-            "to wait for permits without polling"
-        )
+        await pubsub.subscribe(f"__keyspace@{db}__:{probe}")
+        await redis.set(probe, "1", px=PROBE_TTL_MS)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PROBE_WAIT_S
+        while (remaining := deadline - loop.time()) > 0:
+            if await pubsub.get_message(timeout=remaining) is not None:
+                return
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+    raise NotificationsOff(
+        f"Redis published no keyspace event within {PROBE_WAIT_S:.0f} s for a SET of {probe}: "
+        "set notify-keyspace-events to contain K and $ (e.g. 'K$'); the apply layer waits for permits "
+        "without polling"
+    )
 
 
 class PermitWatcher:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 from . import gates, keys, metrics
 from .autotrip import AutoTrip
@@ -569,6 +569,8 @@ def _label(reason: str) -> str:
 def _waiting_for(error: BaseException) -> str:
     if isinstance(error, AuthenticationError):
         return f"Redis refused the login ({error}): check the user and password in REDIS_URL"
+    if isinstance(error, NoPermissionError):
+        return f"Redis refused a command to the apply layer's user ({error}): check its ACL (roles/redis)"
     if isinstance(error, RedisError | OSError):
         return f"Redis does not answer ({error}): is it up, and is REDIS_URL right?"
     return f"the exchange does not answer ({error}): is APPLY_EXCHANGE_URL right and reachable?"
