@@ -4,11 +4,12 @@ conftest.py registers them with `pytest_plugins = ["emulator_fixture"]`. One emu
 session on a free loopback port (its own thread and event loop); each test gets it reset.
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.exchange import Exchange
 
 EMULATOR_API_KEY = "emulator-test-key"
 EMULATOR_API_SECRET = "emulator-test-secret"
@@ -25,3 +26,12 @@ def emulator(emulator_session: ExchangeEmulator) -> ExchangeEmulator:
     """The session's emulator, flat, with default mark prices, no orders and no faults."""
     emulator_session.reset()
     return emulator_session
+
+
+@pytest.fixture
+async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
+    """The adapter, opened (markets loaded, clock measured) against the session's emulator."""
+    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, 2.0)
+    await adapter.open()
+    yield adapter
+    await adapter.close()

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
+from emulator_fixture import EMULATOR_API_KEY
 
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange import Exchange, ExchangeError
 from quantum_apply_layer.user_stream import user_stream_url
-
-
-@pytest.fixture
-async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
-    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, 2.0)
-    await adapter.open()
-    yield adapter
-    await adapter.close()
 
 
 async def next_event(socket: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -27,14 +27,6 @@ from quantum_apply_layer.exchange_limits import (
 )
 
 TIMEOUT_S = 2.0
-
-
-@pytest.fixture
-async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
-    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, TIMEOUT_S)
-    await adapter.open()
-    yield adapter
-    await adapter.close()
 
 
 def sample(name: str, **labels: str) -> float:

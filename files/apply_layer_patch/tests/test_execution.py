@@ -5,7 +5,6 @@ refusals with their codes, and a ban that halts the service."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -35,14 +34,6 @@ P33 = {"safe_close_qty": 0.5, "exchange_position_amt": 0.5}
 
 def stop_steps(price: float) -> str:
     return json.dumps([{"step": "UPDATE_SL", "type": "stop_loss_order", "price": price}])
-
-
-@pytest.fixture
-async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
-    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, 2.0)
-    await adapter.open()
-    yield adapter
-    await adapter.close()
 
 
 def executor(exchange: Exchange) -> StepExecutor:

@@ -59,7 +59,7 @@ from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS
 from quantum_apply_layer.emulator_markets import MARKETS, exchange_info, leverage_brackets
 from quantum_apply_layer.emulator_requests import RequestCounter
 from quantum_apply_layer.emulator_state import BinanceError, ExchangeState, Faults, OrderLogEntry
-from quantum_apply_layer.emulator_user_stream import UserStreamServer
+from quantum_apply_layer.emulator_user_stream import UserStreamServer, json_object
 
 EMULATOR_NAME = "quantum-exchange-emulator"
 _DEFAULT_RECV_WINDOW_MS = 5_000
@@ -221,16 +221,6 @@ def _limits_middleware(state: ExchangeState) -> Middleware:
     return limits
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="body must be JSON") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="body must be a JSON object")
-    return body
-
-
 def _control_routes(state: ExchangeState) -> list[web.RouteDef]:
     async def info(_: web.Request) -> web.StreamResponse:
         return _json({"emulator": EMULATOR_NAME, "version": __version__, "symbols": sorted(MARKETS)})
@@ -243,14 +233,14 @@ def _control_routes(state: ExchangeState) -> list[web.RouteDef]:
 
     async def set_positions(request: web.Request) -> web.StreamResponse:
         try:
-            state.set_positions(await _json_object(request))
+            state.set_positions(await json_object(request))
         except ValueError as error:
             raise web.HTTPBadRequest(text=str(error)) from None
         return await get_positions(request)
 
     async def set_marks(request: web.Request) -> web.StreamResponse:
         try:
-            state.set_mark_prices(await _json_object(request))
+            state.set_mark_prices(await json_object(request))
         except ValueError as error:
             raise web.HTTPBadRequest(text=str(error)) from None
         return _json({"ok": True})
@@ -265,7 +255,7 @@ def _control_routes(state: ExchangeState) -> list[web.RouteDef]:
 
     async def set_faults(request: web.Request) -> web.StreamResponse:
         try:
-            faults = Faults.from_json(await _json_object(request))
+            faults = Faults.from_json(await json_object(request))
         except ValueError as error:
             raise web.HTTPBadRequest(text=str(error)) from None
         state.set_faults(faults)

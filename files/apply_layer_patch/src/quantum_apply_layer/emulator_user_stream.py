@@ -212,7 +212,7 @@ class UserStreamServer:
         return _json({"mode": self._mode})
 
     async def _set_mode(self, request: web.Request) -> web.StreamResponse:
-        body = await _object(request)
+        body = await json_object(request)
         mode = body.get("mode")
         if set(body) != {"mode"} or mode not in MODES:
             raise web.HTTPBadRequest(text=f'expected {{"mode": one of {list(MODES)}}}')
@@ -223,7 +223,7 @@ class UserStreamServer:
         return _json({"mode": self._mode})
 
     async def _push(self, request: web.Request) -> web.StreamResponse:
-        body = await _object(request)
+        body = await json_object(request)
         events = []
         for symbol, amount in body.items():
             if isinstance(amount, bool) or not isinstance(amount, int | float):
@@ -261,7 +261,8 @@ class UserStreamServer:
 _EXPIRY_TASK = web.AppKey("user_stream_expiry", asyncio.Task[None])
 
 
-async def _object(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """A control endpoint's body: a JSON object, else 400."""
     try:
         body = await request.json()
     except ValueError:
