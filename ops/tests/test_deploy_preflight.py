@@ -16,6 +16,10 @@ apply_layer_testnet: false
 redis_apply_layer_password: {PASSWORD}
 redis_exporter_password: {PASSWORD}
 redis_admin_password: {PASSWORD}
+redis_planner_password: {PASSWORD}
+redis_risk_governor_password: {PASSWORD}
+redis_position_brain_password: {PASSWORD}
+redis_operator_password: {PASSWORD}
 apply_layer_redis_password: {PASSWORD}
 exporters_redis_password: {PASSWORD}
 apply_layer_binance_api_key: preflight-test-key
