@@ -88,7 +88,7 @@ def test_kill_and_status(redis_server: RedisServer) -> None:
     assert status["switch"]["symbols"]["ETHUSDT"]["state"] == "reduce_only"
     assert [entry["who"] for entry in status["audit"]][-1] == "alice"
     text = cli("status", **env).stdout
-    assert "kill switch (global): halted" in text
+    assert "kill switch (global): halted  value='true'  reason='INC-1 test'" in text  # as runbooks grep it
     assert "services: NONE LIVE: no apply layer is reading the plan stream" in text
     assert cli("kill", "off", "--reason", "", **env).returncode == 2  # a reason is required
     assert cli("kill", "on", "--symbol", "eth/usdt", "--reason", "x", **env).returncode == 2

@@ -105,7 +105,7 @@ def render_status(status: dict[str, object], now: float | None = None) -> str:
         )
     g = switch["global"]
     lines.append(
-        f"kill switch (global): {g['state']}  value={_safe(g['value'])}  reason={_safe(g['reason'])}"
+        f"kill switch (global): {g['state']}  value={_safe(g['value'])!r}  reason={_safe(g['reason'])!r}"
     )
     for symbol, reading in switch["symbols"].items():
         lines.append(
