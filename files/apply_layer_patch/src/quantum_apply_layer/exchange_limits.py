@@ -102,7 +102,8 @@ class SharedLimiter:
 
     async def reserve(self, endpoint: str, budget: Budget) -> HeldBack | None:
         """Count the call before it is made; a HeldBack when it must not be made now. Without Redis the
-        budget cannot be known, so nothing is sent (fail closed)."""
+        budget cannot be known: the RedisError goes up, so nothing is sent (fail closed) and the plan in
+        hand stays pending, as for any Redis failure, instead of being recorded as held back."""
         cost = ENDPOINT_COSTS[endpoint]
         args: list[str | int] = [
             "reserve",
@@ -112,10 +113,7 @@ class SharedLimiter:
             budget.orders_per_10s,
             budget.orders_per_minute,
         ]
-        try:
-            ok, limit, wait_ms = await self._script(keys=self._keys, args=args)
-        except (RedisError, OSError) as error:
-            return HeldBack("limiter", 0.0, f"the shared limiter in Redis cannot be read: {error}")
+        ok, limit, wait_ms = await self._script(keys=self._keys, args=args)
         if int(ok) == 1:
             return None
         name = limit.decode() if isinstance(limit, bytes) else str(limit)

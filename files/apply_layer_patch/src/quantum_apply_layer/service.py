@@ -323,6 +323,9 @@ class ApplyLayer:
         # Everything the orders need, before the claim: after it, nothing but the orders.
         try:
             prepared = await self.executor.prepare(plan)
+        except (RedisError, OSError) as error:  # the exchange limiter's count lives in Redis
+            _redis_failed(error)
+            raise RedisUnavailable(f"preparing failed: {error}") from error
         except (PositionUnknown, FilterError) as error:
             unknown = isinstance(error, PositionUnknown) and not error.held_back
             status = "error" if unknown else "blocked"
@@ -350,6 +353,9 @@ class ApplyLayer:
             )
         except RedisUnavailable:
             raise  # the claim stays, and the plan resumes with a lookup once Redis answers
+        except (RedisError, OSError) as error:  # e.g. the exchange limiter: nothing was sent
+            _redis_failed(error)
+            raise RedisUnavailable(f"sending failed: {error}") from error
         except Exception as error:
             # Whatever broke, orders may be out: the result says which steps were sent and what failed.
             log.exception("plan %s: step %d failed unexpectedly", plan.plan_id, len(outcomes))
