@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from plans import plan_fields
 
 from quantum_apply_layer.entry import decode_entry
-from quantum_apply_layer.gates import freshness_gate
 from quantum_apply_layer.plan import Action, OrderType, PlanError, StepKind, parse_plan
 
 
@@ -154,28 +153,3 @@ def test_raw_entries_that_cannot_be_text_are_dead_lettered(raw: dict[bytes, byte
     with pytest.raises(PlanError) as raised:
         decode_entry(raw)
     assert raised.value.reason == reason
-
-
-@pytest.mark.parametrize(
-    ("timestamp", "status"),
-    [
-        (0, None),  # now
-        (-299, None),
-        (-301, "stale"),
-        (4, None),  # clock skew between hosts
-        (3600, "from_future"),
-    ],
-)
-def test_freshness_has_two_bounds(timestamp: float, status: str | None) -> None:
-    now = 1_800_000_000.0
-    plan = parse_plan(plan_fields("p1", timestamp=str(now + timestamp)))
-    verdict = freshness_gate(plan, now, 300)
-    assert (verdict.reason.partition(":")[0] if verdict else None) == status
-
-
-def test_a_timestamp_in_milliseconds_is_blocked_not_trusted() -> None:
-    now = 1_800_000_000.0
-    verdict = freshness_gate(parse_plan(plan_fields("p1", timestamp=str(now * 1000))), now, 300)
-    assert verdict is not None
-    assert verdict.status == "blocked"
-    assert "epoch seconds expected" in verdict.reason
