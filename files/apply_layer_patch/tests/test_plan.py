@@ -11,6 +11,7 @@ from plans import plan_fields
 
 from quantum_apply_layer.entry import decode_entry
 from quantum_apply_layer.plan import Action, OrderType, PlanError, StepKind, parse_plan
+from quantum_apply_layer.sample_plans import MALFORMED, changed
 
 
 def test_a_full_plan_parses() -> None:
@@ -30,30 +31,10 @@ def test_a_full_plan_parses() -> None:
     assert not plan.only_reduces
 
 
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        ({"plan_id": ""}, "missing_field"),
-        ({"symbol": "   "}, "missing_field"),
-        ({"action": "SELL_ALL"}, "unknown_action"),
-        ({"decision": "MAYBE"}, "unknown_decision"),
-        ({"symbol": "btc/usdt"}, "bad_symbol"),
-        ({"steps": "not json"}, "steps_not_json"),
-        ({"steps": '{"step": "CLOSE_FULL"}'}, "steps_not_list"),
-        ({"steps": "[1]"}, "bad_step"),
-        ({"steps": '[{"step": "OPEN_LONG", "type": "market_reduce_only"}]'}, "unknown_step"),
-        ({"steps": '[{"step": "CLOSE_FULL", "type": "limit"}]'}, "unknown_step_type"),
-        ({"steps": '[{"step": "UPDATE_SL", "type": "market_reduce_only"}]'}, "step_type_mismatch"),
-        ({"steps": '[{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 150}]'}, "bad_step_param"),
-        ({"steps": '[{"step": "UPDATE_SL", "type": "stop_loss_order"}]'}, "bad_step_param"),
-        ({"steps": "[]"}, "no_steps"),
-        ({"kill_score": "1.5"}, "bad_number"),
-        ({"timestamp": "yesterday"}, "bad_number"),
-    ],
-)
-def test_each_malformed_shape_has_its_reason(change: dict[str, str], reason: str) -> None:
+@pytest.mark.parametrize(("reason", "change"), MALFORMED)
+def test_each_malformed_shape_has_its_reason(reason: str, change: dict[str, str | None]) -> None:
     with pytest.raises(PlanError) as raised:
-        parse_plan({**plan_fields("p1"), **change})
+        parse_plan(changed(plan_fields("p1"), change))
     assert raised.value.reason == reason
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
+from scenario_helpers import RELEASE_PYTHON, kill_switch_play, wait_for
 from testinfra.host import Host
 
-# Helpers shared with the other scenarios' tests, re-exported for this scenario's test files.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from scenario_helpers import RELEASE_PYTHON, kill_switch_play, wait_for
-
+# scenario_helpers: shared with the other scenarios (molecule/shared, on PYTHONPATH from
+# .config/molecule/config.yml), re-exported for this scenario's test files.
 __all__ = ["RELEASE_PYTHON", "http_json", "journal", "kill_switch_play", "wait_for"]
 
 FETCH = "import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
