@@ -267,7 +267,7 @@ class StepExecutor:
             if verdict:
                 return _stopped(index, step, coid, verdict)
             stop = float(prepared.filters.stop_price(step.price))
-            return await self._replace_stop(plan, index, step, coid, side, stop, prepared.standing_stops)
+            return await self._replace_stop(plan, index, step, coid, stop, prepared)
         quantity = close_quantity(step, position, _float(p33.get("safe_close_qty")))
         if quantity <= 0:
             return StepOutcome(index, step.kind, StepStatus.NOTHING_TO_DO, coid, detail="safe_close_qty is 0")
@@ -304,20 +304,14 @@ class StepExecutor:
         return self._sent(index, step, coid, ack, quantity)
 
     async def _replace_stop(
-        self,
-        plan: Plan,
-        index: int,
-        step: Step,
-        coid: str,
-        side: Side,
-        price: float,
-        stops: tuple[StopOrder, ...],
+        self, plan: Plan, index: int, step: Step, coid: str, price: float, prepared: Prepared
     ) -> StepOutcome:
         """Exactly one protective stop for the position afterwards: cancel the standing one(s), read before
         the claim, then place. The cancel is part of the update, so it is the one trip besides the order."""
+        side = close_side(prepared.held.amount)
         standing = [
             stop
-            for stop in stops
+            for stop in prepared.standing_stops
             if stop.close_position and stop.side == side and stop.order_type == "STOP_MARKET"
         ]
         mine = [stop for stop in standing if stop.client_algo_id == coid]
