@@ -21,15 +21,23 @@ debian_image() {
   echo "quantum-hygiene/debian$1-systemd:$suite"
 }
 
+# systemd_capabilities: every capability but SYS_RESOURCE (--privileged fails here), one a line, from
+# the list molecule's containers get too (QH_SYSTEMD_CAPABILITIES in .env.yml): written once.
+systemd_capabilities() {
+  local env_file
+  env_file="$(dirname "${BASH_SOURCE[0]}")/../.env.yml"
+  sed -n '/^QH_SYSTEMD_CAPABILITIES:/,/]/p' "$env_file" | sed 1d | tr -d '[],' | tr -s ' ' '\n' | sed '/^$/d'
+}
+
 # systemd_container_create NAME IMAGE [docker run options...]
-# Every capability but SYS_RESOURCE (--privileged fails here), as in .config/molecule/config.yml.
 systemd_container_create() {
-  local name=$1 image=$2
+  local name=$1 image=$2 caps
   shift 2
-  local caps=(CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE
-    NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT
-    SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE
-    AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ)
+  mapfile -t caps < <(systemd_capabilities)
+  if ((${#caps[@]} < 30)); then
+    echo "systemd_container_create: no capability list in .env.yml (QH_SYSTEMD_CAPABILITIES)" >&2
+    return 1
+  fi
   docker run -d --name "$name" --hostname "$name" \
     --cap-drop ALL "${caps[@]/#/--cap-add=}" \
     --security-opt seccomp=unconfined --security-opt apparmor=unconfined \

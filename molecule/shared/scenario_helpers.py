@@ -64,3 +64,14 @@ def http_json(host: Host, url: str, body: Any = None) -> Any:
     command = host.run("python3 -c" + " %s" * len(args), *args)
     assert command.rc == 0, command.stderr
     return json.loads(command.stdout)
+
+
+def journal(host: Host, unit: str) -> str:
+    """The unit's last journal lines, to print beside a failed service assertion."""
+    return str(host.run("journalctl -u %s --no-pager -n 50", unit).stdout)
+
+
+def assert_unit_running(host: Host, unit: str) -> None:
+    service = host.service(unit)
+    assert service.is_running, f"{unit} is not running:\n{journal(host, unit)}"
+    assert service.is_enabled, f"{unit} is not enabled at boot"

@@ -1,46 +1,17 @@
-"""Writing plans and permits the way upstream does, and waiting (bounded) for what the service records."""
+"""Writing plans and permits the way upstream does (the fields from quantum_apply_layer.sample_plans),
+and waiting (bounded) for what the service records."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from redis.asyncio import Redis
 
 from quantum_apply_layer import keys
+from quantum_apply_layer.sample_plans import CLOSE_FULL, permits, plan_fields
 
-CLOSE_FULL = json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}])
-
-
-def plan_fields(
-    plan_id: str, symbol: str = "BTCUSDT", steps: str = CLOSE_FULL, **extra: str
-) -> dict[str, str]:
-    return {
-        "plan_id": plan_id,
-        "symbol": symbol,
-        "action": "FULL_CLOSE_PROPOSED",
-        "decision": "EXECUTE",
-        "steps": steps,
-        "reason_codes": "kill_score_high",
-        "kill_score": "0.9",
-        "timestamp": f"{time.time():.3f}",
-        **extra,
-    }
-
-
-def permits(plan_id: str, safe_close_qty: float = 0.01, position: float = 0.5) -> dict[str, str]:
-    """Both permits as the risk governor and the position brain write them: key -> JSON."""
-    p33 = {
-        "allow": True,
-        "safe_close_qty": safe_close_qty,
-        "exchange_position_amt": position,
-        "reason": "test",
-    }
-    return {
-        keys.governor_permit(plan_id): json.dumps({"granted": True}),
-        keys.p33_permit(plan_id): json.dumps(p33),
-    }
+__all__ = ["CLOSE_FULL", "add_plan", "grant_permits", "permits", "plan_fields", "results", "wait_for_results"]
 
 
 async def grant_permits(

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from plans import plan_fields
 
 from quantum_apply_layer.entry import decode_entry
-from quantum_apply_layer.gates import freshness_gate
 from quantum_apply_layer.plan import Action, OrderType, PlanError, StepKind, parse_plan
+from quantum_apply_layer.sample_plans import MALFORMED, changed
 
 
 def test_a_full_plan_parses() -> None:
@@ -31,30 +31,10 @@ def test_a_full_plan_parses() -> None:
     assert not plan.only_reduces
 
 
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        ({"plan_id": ""}, "missing_field"),
-        ({"symbol": "   "}, "missing_field"),
-        ({"action": "SELL_ALL"}, "unknown_action"),
-        ({"decision": "MAYBE"}, "unknown_decision"),
-        ({"symbol": "btc/usdt"}, "bad_symbol"),
-        ({"steps": "not json"}, "steps_not_json"),
-        ({"steps": '{"step": "CLOSE_FULL"}'}, "steps_not_list"),
-        ({"steps": "[1]"}, "bad_step"),
-        ({"steps": '[{"step": "OPEN_LONG", "type": "market_reduce_only"}]'}, "unknown_step"),
-        ({"steps": '[{"step": "CLOSE_FULL", "type": "limit"}]'}, "unknown_step_type"),
-        ({"steps": '[{"step": "UPDATE_SL", "type": "market_reduce_only"}]'}, "step_type_mismatch"),
-        ({"steps": '[{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 150}]'}, "bad_step_param"),
-        ({"steps": '[{"step": "UPDATE_SL", "type": "stop_loss_order"}]'}, "bad_step_param"),
-        ({"steps": "[]"}, "no_steps"),
-        ({"kill_score": "1.5"}, "bad_number"),
-        ({"timestamp": "yesterday"}, "bad_number"),
-    ],
-)
-def test_each_malformed_shape_has_its_reason(change: dict[str, str], reason: str) -> None:
+@pytest.mark.parametrize(("reason", "change"), MALFORMED)
+def test_each_malformed_shape_has_its_reason(reason: str, change: dict[str, str | None]) -> None:
     with pytest.raises(PlanError) as raised:
-        parse_plan({**plan_fields("p1"), **change})
+        parse_plan(changed(plan_fields("p1"), change))
     assert raised.value.reason == reason
 
 
@@ -154,28 +134,3 @@ def test_raw_entries_that_cannot_be_text_are_dead_lettered(raw: dict[bytes, byte
     with pytest.raises(PlanError) as raised:
         decode_entry(raw)
     assert raised.value.reason == reason
-
-
-@pytest.mark.parametrize(
-    ("timestamp", "status"),
-    [
-        (0, None),  # now
-        (-299, None),
-        (-301, "stale"),
-        (4, None),  # clock skew between hosts
-        (3600, "from_future"),
-    ],
-)
-def test_freshness_has_two_bounds(timestamp: float, status: str | None) -> None:
-    now = 1_800_000_000.0
-    plan = parse_plan(plan_fields("p1", timestamp=str(now + timestamp)))
-    verdict = freshness_gate(plan, now, 300)
-    assert (verdict.reason.partition(":")[0] if verdict else None) == status
-
-
-def test_a_timestamp_in_milliseconds_is_blocked_not_trusted() -> None:
-    now = 1_800_000_000.0
-    verdict = freshness_gate(parse_plan(plan_fields("p1", timestamp=str(now * 1000))), now, 300)
-    assert verdict is not None
-    assert verdict.status == "blocked"
-    assert "epoch seconds expected" in verdict.reason

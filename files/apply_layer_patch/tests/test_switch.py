@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from quantum_apply_layer import keys
-from quantum_apply_layer.gates import ClaimResult
+from quantum_apply_layer.claim import ClaimResult, claim_keys
 from quantum_apply_layer.scripts import register_scripts
 from quantum_apply_layer.switch import SwitchState, parse_switch, read_audit, set_switch
 
@@ -48,7 +48,7 @@ CLAIM_KIND = {
 async def claim(redis: Redis, plan_id: str, only_reduces: bool, symbol: str = "BTCUSDT") -> ClaimResult:
     scripts = register_scripts(redis)
     args = [f"entry-{plan_id}", "1", "1" if only_reduces else "0", 60, "test", 1, 0, 0, "0"]
-    return ClaimResult.from_script(await scripts.claim(keys=keys.claim_keys(plan_id, symbol), args=args))
+    return ClaimResult.from_script(await scripts.claim(keys=claim_keys(plan_id, symbol), args=args))
 
 
 async def permits(redis: Redis, plan_id: str) -> None:
@@ -100,7 +100,7 @@ async def test_the_stricter_of_global_and_symbol_wins(
 async def test_permits_serve_one_plan_once_under_concurrency(redis: Redis) -> None:
     await permits(redis, "race")
     scripts = register_scripts(redis)
-    plan_keys = keys.claim_keys("race", "BTCUSDT")
+    plan_keys = claim_keys("race", "BTCUSDT")
     replies = await asyncio.gather(
         *(
             scripts.claim(keys=plan_keys, args=[f"entry-{n}", "1", "1", 60, "test", 1, 0, 0, "0"])

@@ -12,19 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from quantum_apply_layer import keys
+from quantum_apply_layer.config import DEFAULT_ENV_FILE, read_env_file
+from quantum_apply_layer.sample_plans import minimal_plan, permits
 
-env = dict(
-    line.split("=", 1)
-    for line in Path("/etc/quantum/apply-layer.env").read_text().splitlines()
-    if line and not line.startswith("#") and "=" in line
-)
+env = read_env_file(DEFAULT_ENV_FILE)
 exchange, plan_id = env["APPLY_EXCHANGE_URL"], sys.argv[1]
 client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
-upstream = dict(
-    line.split("=", 1)
-    for line in Path("/etc/quantum/lab-upstream.env").read_text().splitlines()
-    if line and not line.startswith("#") and "=" in line
-)
+upstream = read_env_file(Path("/etc/quantum/lab-upstream.env"))
 planner, governor, brain = (
     redis.Redis.from_url(upstream[f"{name}_REDIS_URL"], decode_responses=True)
     for name in ("PLANNER", "RISK_GOVERNOR", "POSITION_BRAIN")
@@ -41,28 +36,16 @@ def call(method: str, path: str, body: object = None) -> Any:
 
 
 call("POST", "/_emulator/positions", {"BTCUSDT": 0.5})
-governor.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
-brain.set(
-    f"quantum:permit:p33:{plan_id}",
-    json.dumps({"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 0.5, "reason": "test"}),
-    ex=60,
-)
-last = client.xrevrange("quantum:stream:apply.result", count=1)
+governor_permit, p33_permit = permits(plan_id).items()
+governor.set(*governor_permit, ex=60)
+brain.set(*p33_permit, ex=60)
+last = client.xrevrange(keys.RESULT_STREAM, count=1)
 cursor = last[0][0] if last else "0-0"
-planner.xadd(
-    "quantum:stream:apply.plan",
-    {
-        "plan_id": plan_id,
-        "symbol": "BTCUSDT",
-        "action": "FULL_CLOSE_PROPOSED",
-        "decision": "EXECUTE",
-        "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
-    },
-)
+planner.xadd(keys.PLAN_STREAM, minimal_plan(plan_id))
 status = None
 deadline = time.monotonic() + 30
 while status is None and time.monotonic() < deadline:
-    for _stream, entries in client.xread({"quantum:stream:apply.result": cursor}, block=1000) or []:
+    for _stream, entries in client.xread({keys.RESULT_STREAM: cursor}, block=1000) or []:
         for entry_id, fields in entries:
             cursor = entry_id
             if fields.get("plan_id") == plan_id:

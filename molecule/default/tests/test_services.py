@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from conftest import journal
+from scenario_helpers import assert_unit_running
 from testinfra.host import Host
 
 UNITS = [
@@ -19,9 +19,7 @@ UNITS = [
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_is_active_and_enabled(host: Host, unit: str) -> None:
-    service = host.service(unit)
-    assert service.is_running, journal(host, unit)
-    assert service.is_enabled
+    assert_unit_running(host, unit)
 
 
 @pytest.mark.parametrize("unit", ["quantum-apply-layer", "quantum-exchange-emulator"])

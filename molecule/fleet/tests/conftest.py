@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,12 +11,11 @@ from typing import Any
 
 import pytest
 import testinfra
+from scenario_helpers import RELEASE_PYTHON, http_json, kill_switch_play, wait_for
 from testinfra.host import Host
 
-# Helpers shared with the other scenarios' tests, re-exported for this scenario's test files.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from scenario_helpers import RELEASE_PYTHON, http_json, kill_switch_play, wait_for
-
+# scenario_helpers: shared with the other scenarios (molecule/shared, on PYTHONPATH from
+# .config/molecule/config.yml), re-exported for this scenario's test files.
 __all__ = [
     "APPLY_HOSTS",
     "CORE",

@@ -20,26 +20,18 @@ import time
 from pathlib import Path
 
 import redis
+from quantum_apply_layer.config import DEFAULT_ENV_FILE, read_env_file
+from quantum_apply_layer.keys import DLQ_STREAM, PLAN_STREAM, RESULT_STREAM
+from quantum_apply_layer.sample_plans import minimal_plan, permits
 
-PLAN_STREAM = "quantum:stream:apply.plan"
-RESULT_STREAM = "quantum:stream:apply.result"
-DLQ_STREAM = "quantum:stream:apply.dlq"
 # Permits outlive the longest outage the fault tests cause, so a plan caught in one still runs after it.
 PERMIT_TTL_S = 600
 GIVE_UP_AFTER_S = 300
 RESULT_FIELDS = ("plan_id", "status", "reason", "consumer", "entry_id")
 
-env = dict(
-    line.split("=", 1)
-    for line in Path("/etc/quantum/apply-layer.env").read_text().splitlines()
-    if line and not line.startswith("#") and "=" in line
-)
+env = read_env_file(DEFAULT_ENV_FILE)
 client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True, socket_timeout=5)
-upstream = dict(
-    line.split("=", 1)
-    for line in Path("/etc/quantum/lab-upstream.env").read_text().splitlines()
-    if line and not line.startswith("#") and "=" in line
-)
+upstream = read_env_file(Path("/etc/quantum/lab-upstream.env"))
 planner, governor, brain = (
     redis.Redis.from_url(upstream[f"{name}_REDIS_URL"], decode_responses=True, socket_timeout=5)
     for name in ("PLANNER", "RISK_GOVERNOR", "POSITION_BRAIN")
@@ -68,14 +60,11 @@ def write(fields: dict[str, str]) -> int:
             if fields.get("plan_id"):
                 # What P3.2 and P3.3 would grant. No P3.3 view of the position: each apply host has
                 # its own emulator, whose position every close changes.
-                governor.set(
-                    f"quantum:permit:{fields['plan_id']}", json.dumps({"granted": True}), ex=PERMIT_TTL_S
-                )
-                brain.set(
-                    f"quantum:permit:p33:{fields['plan_id']}",
-                    json.dumps({"allow": True, "safe_close_qty": 0.01, "reason": "fleet"}),
-                    ex=PERMIT_TTL_S,
-                )
+                governor_permit, p33_permit = permits(
+                    fields["plan_id"], position=None, reason="fleet"
+                ).items()
+                governor.set(*governor_permit, ex=PERMIT_TTL_S)
+                brain.set(*p33_permit, ex=PERMIT_TTL_S)
             planner.xadd(PLAN_STREAM, fields)
             return refused
         except redis.RedisError:
@@ -88,14 +77,7 @@ def write(fields: dict[str, str]) -> int:
 def send(prefix: str, count: int, every_s: float) -> dict[str, int]:
     refused = 0
     for number in range(count):
-        plan = {
-            "plan_id": f"{prefix}-{number}",
-            "symbol": "BTCUSDT",
-            "action": "FULL_CLOSE_PROPOSED",
-            "decision": "EXECUTE",
-            "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
-        }
-        refused += write(plan)
+        refused += write(minimal_plan(f"{prefix}-{number}"))
         time.sleep(every_s)  # spaced out so both blocked consumers get a turn
     return {"written": count, "refused": refused}
 

@@ -27,6 +27,7 @@ from conftest import (
     send_plans,
     wait_for,
 )
+from quantum_apply_layer.sample_plans import MALFORMED, changed, minimal_plan
 from testinfra.host import Host
 
 APPLY_UNIT = "quantum-apply-layer"
@@ -43,40 +44,6 @@ KILLS = 3
 # The fleet's apply_layer_auto_trip_dead_letters_per_min and APPLY_AUTO_TRIP_CHECKS (one check a second).
 DEAD_LETTERS_PER_MIN = 30
 AUTO_TRIP_CHECKS = 3
-# A plan as upstream writes it, for the malformed entries to break one field at a time (plan.py).
-GOOD_FIELDS = {
-    "symbol": "BTCUSDT",
-    "action": "FULL_CLOSE_PROPOSED",
-    "decision": "EXECUTE",
-    "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
-}
-# (dead-letter reason, what is changed; None removes the field)
-MALFORMED: list[tuple[str, dict[str, str | None]]] = [
-    ("missing_field", {"plan_id": None}),
-    ("missing_field", {"symbol": " "}),
-    ("missing_field", {"action": None}),
-    ("missing_field", {"decision": None}),
-    ("bad_plan_id", {"plan_id": "x" * 201}),
-    ("bad_symbol", {"symbol": "btc/usdt"}),
-    ("unknown_action", {"action": "SELL_ALL"}),
-    ("unknown_decision", {"decision": "MAYBE"}),
-    ("steps_not_json", {"steps": '[{"step": "CLOSE_FULL"'}),
-    ("steps_not_list", {"steps": '{"step": "CLOSE_FULL", "type": "market_reduce_only"}'}),
-    (
-        "too_many_steps",
-        {"steps": json.dumps([{"step": "CLOSE_PARTIAL_50", "type": "market_reduce_only"}] * 11)},
-    ),
-    ("bad_step", {"steps": '["CLOSE_FULL"]'}),
-    ("unknown_step", {"steps": '[{"step": "CLOSE_MOST", "type": "market_reduce_only"}]'}),
-    ("unknown_step_type", {"steps": '[{"step": "CLOSE_FULL", "type": "limit"}]'}),
-    ("step_type_mismatch", {"steps": '[{"step": "CLOSE_FULL", "type": "stop_loss_order"}]'}),
-    ("bad_step_param", {"steps": '[{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 150}]'}),
-    ("bad_step_param", {"steps": '[{"step": "UPDATE_SL", "type": "stop_loss_order"}]'}),
-    ("no_steps", {"steps": "[]"}),
-    ("bad_number", {"kill_score": "2"}),
-    ("bad_number", {"timestamp": "yesterday"}),
-    ("bad_emergency", {"emergency": "maybe"}),
-]
 # Copies of each, written at once: well over the dead letters a minute that trip the fleet.
 MALFORMED_COPIES = 5
 
@@ -275,8 +242,7 @@ def malformed_entries(prefix: str) -> dict[str, tuple[str, dict[str, str]]]:
     for copy in range(MALFORMED_COPIES):
         for number, (reason, change) in enumerate(MALFORMED):
             case = f"{prefix}-{copy}-{number}"
-            fields = {"plan_id": case, **GOOD_FIELDS, "fault_case": case, **change}
-            entries[case] = (reason, {name: value for name, value in fields.items() if value is not None})
+            entries[case] = (reason, changed({**minimal_plan(case), "fault_case": case}, change))
     return entries
 
 

@@ -8,9 +8,9 @@ from testinfra.host import Host
 ANONYMOUS_PING = f"import redis; print(redis.Redis(host='{CORE}', protocol=2, socket_timeout=5).ping())"
 # With the ACL user and password of the deployed env file (read there, never on a command line).
 ACL_PING = (
-    "import pathlib, redis; env = dict(line.split('=', 1) for line in "
-    "pathlib.Path('/etc/quantum/apply-layer.env').read_text().splitlines() if '=' in line and "
-    "not line.startswith('#')); print(redis.Redis.from_url(env['REDIS_URL'], socket_timeout=5).ping())"
+    "import redis; from quantum_apply_layer.config import DEFAULT_ENV_FILE, read_env_file; "
+    "env = read_env_file(DEFAULT_ENV_FILE); "
+    "print(redis.Redis.from_url(env['REDIS_URL'], socket_timeout=5).ping())"
 )
 
 

@@ -17,17 +17,6 @@ def inventory(host: Host) -> dict[str, Any]:
     return dict(host.ansible.get_variables())
 
 
-def journal(host: Host, unit: str) -> str:
-    """The unit's last journal lines, to print beside a failed service assertion."""
-    return str(host.run("journalctl -u %s --no-pager -n 50", unit).stdout)
-
-
-def assert_unit_running(host: Host, unit: str) -> None:
-    service = host.service(unit)
-    assert service.is_running, f"{unit} is not running:\n{journal(host, unit)}"
-    assert service.is_enabled, f"{unit} is not enabled at boot"
-
-
 def redis_cli(host: Host, user: str | None, password: str | None, *command: str) -> str:
     """Run one Redis command as `user` (None: no AUTH) and return its reply, errors included."""
     redis_host, port = REDIS.split(":")

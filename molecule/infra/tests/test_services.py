@@ -3,7 +3,8 @@
 import re
 
 import pytest
-from infra_helpers import assert_unit_running, http_text
+from infra_helpers import http_text
+from scenario_helpers import assert_unit_running
 from testinfra.host import Host
 
 UNITS = [

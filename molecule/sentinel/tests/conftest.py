@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import testinfra
 import yaml
+from scenario_helpers import PROJECT, RELEASE_PYTHON, http_json, kill_switch_play, run_playbook, wait_for
 from testinfra.host import Host
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from scenario_helpers import PROJECT, RELEASE_PYTHON, http_json, kill_switch_play, run_playbook, wait_for
-
+# scenario_helpers: shared with the other scenarios (molecule/shared, on PYTHONPATH from
+# .config/molecule/config.yml), re-exported for this scenario's test files.
 __all__ = [
     "APPLY",
     "NODES",

@@ -14,16 +14,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from quantum_apply_layer.config import DEFAULT_ENV_FILE, read_env_file
+from quantum_apply_layer.keys import PLAN_STREAM, RESULT_STREAM, dedupe_mark
+from quantum_apply_layer.sample_plans import minimal_plan, permits
 from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 
-RESULT_STREAM = "quantum:stream:apply.result"
-PLAN_STREAM = "quantum:stream:apply.plan"
-env = dict(
-    line.split("=", 1)
-    for line in Path("/etc/quantum/apply-layer.env").read_text().splitlines()
-    if line and not line.startswith("#") and "=" in line
-)
+env = read_env_file(DEFAULT_ENV_FILE)
 url = urlsplit(env["REDIS_URL"])
 sentinel = Sentinel(
     [(host, int(port)) for host, port in (item.rsplit(":", 1) for item in env["REDIS_SENTINELS"].split(","))],
@@ -43,11 +40,7 @@ def primary_as(login: str):  # type: ignore[no-untyped-def]
     )
 
 
-upstream = dict(
-    line.split("=", 1)
-    for line in Path("/etc/quantum/lab-upstream.env").read_text().splitlines()
-    if line and not line.startswith("#") and "=" in line
-)
+upstream = read_env_file(Path("/etc/quantum/lab-upstream.env"))
 client = primary_as(env["REDIS_URL"])
 planner, governor, brain = (
     primary_as(upstream[f"{name}_REDIS_URL"]) for name in ("PLANNER", "RISK_GOVERNOR", "POSITION_BRAIN")
@@ -74,26 +67,12 @@ def write_plan(plan_id: str) -> None:
     """Both permits, then the plan, each by its own writer as upstream does (three services, so no
     transaction ties them). Retried after an error, so a plan whose XADD answer was lost in a failover is
     looked for before it is written again."""
-    governor.set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=120)
-    brain.set(
-        f"quantum:permit:p33:{plan_id}",
-        json.dumps(
-            {"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 100, "reason": "sentinel"}
-        ),
-        ex=120,
-    )
+    governor_permit, p33_permit = permits(plan_id, position=100, reason="sentinel").items()
+    governor.set(*governor_permit, ex=120)
+    brain.set(*p33_permit, ex=120)
     if any(fields.get("plan_id") == plan_id for _id, fields in planner.xrevrange(PLAN_STREAM, count=50)):
         return
-    planner.xadd(
-        PLAN_STREAM,
-        {
-            "plan_id": plan_id,
-            "symbol": "BTCUSDT",
-            "action": "FULL_CLOSE_PROPOSED",
-            "decision": "EXECUTE",
-            "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
-        },
-    )
+    planner.xadd(PLAN_STREAM, minimal_plan(plan_id))
 
 
 def results() -> dict[str, list[dict[str, object]]]:
@@ -127,7 +106,7 @@ while time.monotonic() < deadline:
     time.sleep(1)
 time.sleep(3)  # a second result for a plan would show up now
 found = results()
-marks = {plan_id: bool(client.exists(f"quantum:apply:dedupe:{plan_id}")) for plan_id in plan_ids}
+marks = {plan_id: bool(client.exists(dedupe_mark(plan_id))) for plan_id in plan_ids}
 print(
     json.dumps(
         {

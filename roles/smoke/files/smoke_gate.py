@@ -28,11 +28,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from quantum_apply_layer.config import read_env_file
+from quantum_apply_layer.keys import (
+    GLOBAL_SWITCH,
+    GLOBAL_SWITCH_REASON,
+    PLAN_STREAM,
+    RESULT_STREAM,
+    symbol_switch,
+)
+from quantum_apply_layer.sample_plans import permits, plan_fields
+from quantum_apply_layer.switch import parse_switch
 
-PLAN_STREAM = "quantum:stream:apply.plan"
-RESULT_STREAM = "quantum:stream:apply.result"
-SWITCH = "quantum:global:kill_switch"
-SWITCH_REASON = "quantum:global:kill_switch:reason"
 SYMBOL = "BTCUSDT"
 EMULATOR_NAME = "quantum-exchange-emulator"
 # What `kill <command>` writes for each state, to put an equivalent state back with an audit entry.
@@ -41,16 +47,6 @@ RESTORE_COMMAND = {"running": "off", "halted": "on", "reduce_only": "reduce-only
 
 class SmokeFailed(Exception):
     """The gate did not behave as the contract says, or the target is not the lab's emulator."""
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", ";")) and "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip().strip('"').strip("'")
-    return values
 
 
 def http_json(method: str, url: str, body: Any = None) -> Any:
@@ -76,16 +72,6 @@ def require_emulator(exchange_url: str) -> None:
     info = http_json("GET", f"{exchange_url}/_emulator/info")
     if not isinstance(info, dict) or info.get("emulator") != EMULATOR_NAME:
         raise SmokeFailed(f"{exchange_url}/_emulator/info does not name {EMULATOR_NAME}: {info!r}")
-
-
-def switch_state(raw: str | None) -> str:
-    """CONTRACT.md's switch table (only used to choose an equivalent `kill` command)."""
-    value = (raw or "false").strip().lower()
-    if value in {"false", "0", "no", "off"}:
-        return "running"
-    if value in {"true", "1", "yes", "on"}:
-        return "halted"
-    return "reduce_only" if value == "reduce_only" else "invalid"
 
 
 class Smoke:
@@ -120,28 +106,13 @@ class Smoke:
     def send_plan(self, plan_id: str) -> str:
         """Position, both permits, then the plan: what the planner, P3.2 and P3.3 would do."""
         http_json("POST", f"{self.exchange_url}/_emulator/positions", {SYMBOL: 0.5})
-        self.writers["RISK_GOVERNOR"].set(f"quantum:permit:{plan_id}", json.dumps({"granted": True}), ex=60)
-        self.writers["POSITION_BRAIN"].set(
-            f"quantum:permit:p33:{plan_id}",
-            json.dumps(
-                {"allow": True, "safe_close_qty": 0.01, "exchange_position_amt": 0.5, "reason": "smoke"}
-            ),
-            ex=60,
-        )
+        governor_permit, p33_permit = permits(plan_id, reason="smoke").items()
+        self.writers["RISK_GOVERNOR"].set(*governor_permit, ex=60)
+        self.writers["POSITION_BRAIN"].set(*p33_permit, ex=60)
         last = self.client.xrevrange(RESULT_STREAM, count=1)
         cursor = last[0][0] if last else "0-0"
-        self.writers["PLANNER"].xadd(
-            PLAN_STREAM,
-            {
-                "plan_id": plan_id,
-                "symbol": SYMBOL,
-                "action": "FULL_CLOSE_PROPOSED",
-                "decision": "EXECUTE",
-                "steps": json.dumps([{"step": "CLOSE_FULL", "type": "market_reduce_only", "pct": 100}]),
-                "reason_codes": "smoke",
-                "timestamp": str(int(time.time())),
-            },
-        )
+        plan = plan_fields(plan_id, SYMBOL, reason_codes="smoke", timestamp=str(int(time.time())))
+        self.writers["PLANNER"].xadd(PLAN_STREAM, plan)  # type: ignore[arg-type]
         return cursor
 
     def wait_result(self, plan_id: str, cursor: str) -> dict[str, str]:
@@ -174,11 +145,11 @@ class Smoke:
 
     def restore(self, value: str | None, reason: str | None) -> None:
         """An audited change to the same state, then the exact original bytes (or their absence)."""
-        command = RESTORE_COMMAND.get(switch_state(value))
+        command = RESTORE_COMMAND.get(parse_switch(value))
         if command is not None:
             self.kill(command, reason or f"smoke {self.run_id}: restore the switch as found")
         pipe = self.writers["OPERATOR"].pipeline(transaction=True)
-        for key, original in ((SWITCH, value), (SWITCH_REASON, reason)):
+        for key, original in ((GLOBAL_SWITCH, value), (GLOBAL_SWITCH_REASON, reason)):
             if original is None:
                 pipe.delete(key)
             else:
@@ -198,11 +169,11 @@ def main() -> int:
     try:
         require_emulator(exchange_url)
         client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
-        symbol_switch = client.get(f"quantum:kill_switch:symbol:{SYMBOL}")
-        if switch_state(symbol_switch) != "running":
-            raise SmokeFailed(f"the {SYMBOL} switch is {symbol_switch!r}; the smoke test needs it running")
+        symbol_state = client.get(symbol_switch(SYMBOL))
+        if parse_switch(symbol_state) != "running":
+            raise SmokeFailed(f"the {SYMBOL} switch is {symbol_state!r}; the smoke test needs it running")
         smoke = Smoke(read_env_file(args.upstream_env_file), client, exchange_url, cli, args.timeout)
-        value, reason = client.get(SWITCH), client.get(SWITCH_REASON)
+        value, reason = client.get(GLOBAL_SWITCH), client.get(GLOBAL_SWITCH_REASON)
         try:
             smoke.kill("on", f"smoke {smoke.run_id}: prove a halt stops orders")
             halted = smoke.check("halted", "halted", 0)

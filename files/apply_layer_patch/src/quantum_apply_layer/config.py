@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import difflib
 import errno
-import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 PRODUCTION_EXCHANGE_URL = "https://fapi.binance.com"
@@ -40,6 +40,8 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Settings:
+    """The parsed settings; what each means, its default and bounds are in SETTINGS below."""
+
     testnet: bool
     redis_url: str = field(repr=False)
     exchange_url: str
@@ -55,27 +57,19 @@ class Settings:
     max_in_flight: int
     result_maxlen: int
     log_format: str
-    # Risk gates of the apply layer itself (0 or empty: off).
-    max_orders_per_s: int = 0
-    max_orders_per_s_per_symbol: int = 0
-    max_notional_usdt: tuple[tuple[str, float], ...] = ()
-    # Auto-trip: a condition must hold for auto_trip_checks checks in a row (one check a second).
-    auto_trip_checks: int = 3
-    auto_trip_exchange_errors: int = 5
-    auto_trip_mismatch_s: int = 0
-    auto_trip_dead_letters_per_min: int = 0
-    # Redis behind Sentinel: REDIS_URL then gives only the user, password and db.
-    redis_sentinels: tuple[tuple[str, int], ...] = ()
-    redis_sentinel_service: str = "quantum"
-    # A claim must reach this many replicas (WAIT) before its order is sent, so a failover never
-    # forgets a claim whose order went out. 1 with Sentinel, 0 (no wait) otherwise.
-    redis_wait_replicas: int = 0
-    redis_wait_timeout_ms: int = 200
-    # How far behind the exchange's clock a signed request may arrive (Binance's recvWindow, max 60 s).
-    exchange_recv_window_ms: int = 5000
-    # How old the last positionRisk check of the pushed positions may be before a plan reads its
-    # position by REST before the claim (the check runs every half of it, weight 5 each time).
-    position_max_age_s: float = 10.0
+    max_orders_per_s: int
+    max_orders_per_s_per_symbol: int
+    max_notional_usdt: tuple[tuple[str, float], ...]
+    auto_trip_checks: int
+    auto_trip_exchange_errors: int
+    auto_trip_mismatch_s: int
+    auto_trip_dead_letters_per_min: int
+    redis_sentinels: tuple[tuple[str, int], ...]
+    redis_sentinel_service: str
+    redis_wait_replicas: int
+    redis_wait_timeout_ms: int
+    exchange_recv_window_ms: int
+    position_max_age_s: float
 
     def notional_limit(self, symbol: str) -> float | None:
         """The symbol's own limit, else the `*` limit, else none."""
@@ -87,84 +81,24 @@ class Settings:
         return "testnet" if self.testnet else "production"
 
     def describe(self) -> dict[str, str]:
-        """Every setting as an operator reads it, with the Redis password masked."""
-        return {
-            "TESTNET": str(self.testnet).lower(),
-            "mode": self.mode,
-            "REDIS_URL": mask_url_password(self.redis_url),
-            "APPLY_EXCHANGE_URL": self.exchange_url,
-            "APPLY_METRICS_ADDR": self.metrics_addr,
-            "APPLY_METRICS_PORT": str(self.metrics_port),
-            "APPLY_PERMIT_TIMEOUT_MS": str(round(self.permit_timeout_s * 1000)),
-            "APPLY_EXCHANGE_TIMEOUT_MS": str(round(self.exchange_timeout_s * 1000)),
-            "APPLY_CONSUMER_GROUP": self.consumer_group,
-            "APPLY_CONSUMER_NAME": self.consumer_name,
-            "APPLY_RECLAIM_IDLE_MS": str(self.reclaim_idle_ms),
-            "APPLY_DEDUPE_TTL_S": str(self.dedupe_ttl_s),
-            "APPLY_MAX_PLAN_AGE_S": str(self.max_plan_age_s),
-            "APPLY_MAX_IN_FLIGHT": str(self.max_in_flight),
-            "APPLY_RESULT_MAXLEN": str(self.result_maxlen),
-            "APPLY_LOG_FORMAT": self.log_format,
-            "APPLY_MAX_ORDERS_PER_SECOND": str(self.max_orders_per_s),
-            "APPLY_MAX_ORDERS_PER_SECOND_PER_SYMBOL": str(self.max_orders_per_s_per_symbol),
-            "APPLY_MAX_NOTIONAL_USDT": ",".join(
-                f"{symbol}={limit:g}" for symbol, limit in self.max_notional_usdt
-            ),
-            "APPLY_AUTO_TRIP_CHECKS": str(self.auto_trip_checks),
-            "APPLY_AUTO_TRIP_EXCHANGE_ERRORS": str(self.auto_trip_exchange_errors),
-            "APPLY_AUTO_TRIP_MISMATCH_S": str(self.auto_trip_mismatch_s),
-            "APPLY_AUTO_TRIP_DEAD_LETTERS_PER_MIN": str(self.auto_trip_dead_letters_per_min),
-            "REDIS_SENTINELS": ",".join(f"{host}:{port}" for host, port in self.redis_sentinels),
-            "REDIS_SENTINEL_SERVICE": self.redis_sentinel_service,
-            "APPLY_REDIS_WAIT_REPLICAS": str(self.redis_wait_replicas),
-            "APPLY_REDIS_WAIT_TIMEOUT_MS": str(self.redis_wait_timeout_ms),
-            "APPLY_EXCHANGE_RECV_WINDOW_MS": str(self.exchange_recv_window_ms),
-            "APPLY_POSITION_MAX_AGE_S": f"{self.position_max_age_s:g}",
-        }
+        """Every setting as an operator reads it (check-config, the start-up log), the Redis password
+        masked, in the table's order; `mode` follows TESTNET."""
+        described: dict[str, str] = {}
+        for setting in SETTINGS:
+            described[setting.name] = setting.show(getattr(self, setting.field))
+            if setting.name == "TESTNET":
+                described["mode"] = self.mode
+        return described
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
-    testnet = _parse_testnet(env.get("TESTNET", "false"))
-    exchange_url = env.get("APPLY_EXCHANGE_URL", "").strip() or (
-        TESTNET_EXCHANGE_URL if testnet else PRODUCTION_EXCHANGE_URL
-    )
-    _check_exchange_url(exchange_url, testnet)
-    redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0").strip()
-    _check_redis_url(redis_url)
-    sentinels = _sentinels(env.get("REDIS_SENTINELS", ""))
-    log_format = env.get("APPLY_LOG_FORMAT", "json").strip().lower()
-    if log_format not in {"json", "kv"}:
-        raise ConfigError(f"APPLY_LOG_FORMAT={log_format!r}: accepted values: json, kv")
-    return Settings(
-        testnet=testnet,
-        redis_url=redis_url,
-        exchange_url=exchange_url.rstrip("/"),
-        metrics_addr=_address(env, "APPLY_METRICS_ADDR", "0.0.0.0"),  # noqa: S104 - Prometheus scrapes it
-        metrics_port=_int(env, "APPLY_METRICS_PORT", 8000, 0, 65535),
-        permit_timeout_s=_int(env, "APPLY_PERMIT_TIMEOUT_MS", 2000, 1, 600_000) / 1000,
-        exchange_timeout_s=_int(env, "APPLY_EXCHANGE_TIMEOUT_MS", 5000, 100, 60_000) / 1000,
-        consumer_group=_name(env, "APPLY_CONSUMER_GROUP", "apply-layer"),
-        consumer_name=_name(env, "APPLY_CONSUMER_NAME", socket.gethostname()),
-        reclaim_idle_ms=_int(env, "APPLY_RECLAIM_IDLE_MS", 30_000, 1_000, 3_600_000),
-        dedupe_ttl_s=_int(env, "APPLY_DEDUPE_TTL_S", 7 * 86_400, 60, 90 * 86_400),
-        max_plan_age_s=float(_int(env, "APPLY_MAX_PLAN_AGE_S", 300, 1, 86_400)),
-        max_in_flight=_int(env, "APPLY_MAX_IN_FLIGHT", 32, 1, 1024),
-        result_maxlen=_int(env, "APPLY_RESULT_MAXLEN", 1_000_000, 1_000, 100_000_000),
-        log_format=log_format,
-        max_orders_per_s=_int(env, "APPLY_MAX_ORDERS_PER_SECOND", 0, 0, 100_000),
-        max_orders_per_s_per_symbol=_int(env, "APPLY_MAX_ORDERS_PER_SECOND_PER_SYMBOL", 0, 0, 100_000),
-        max_notional_usdt=_notional_limits(env.get("APPLY_MAX_NOTIONAL_USDT", "")),
-        auto_trip_checks=_int(env, "APPLY_AUTO_TRIP_CHECKS", 3, 1, 600),
-        auto_trip_exchange_errors=_int(env, "APPLY_AUTO_TRIP_EXCHANGE_ERRORS", 5, 0, 10_000),
-        auto_trip_mismatch_s=_int(env, "APPLY_AUTO_TRIP_MISMATCH_S", 0, 0, 86_400),
-        auto_trip_dead_letters_per_min=_int(env, "APPLY_AUTO_TRIP_DEAD_LETTERS_PER_MIN", 0, 0, 1_000_000),
-        redis_sentinels=sentinels,
-        redis_sentinel_service=_name(env, "REDIS_SENTINEL_SERVICE", "quantum"),
-        redis_wait_replicas=_int(env, "APPLY_REDIS_WAIT_REPLICAS", 1 if sentinels else 0, 0, 10),
-        redis_wait_timeout_ms=_int(env, "APPLY_REDIS_WAIT_TIMEOUT_MS", 200, 1, 10_000),
-        exchange_recv_window_ms=_int(env, "APPLY_EXCHANGE_RECV_WINDOW_MS", 5000, 1, 60_000),
-        position_max_age_s=float(_int(env, "APPLY_POSITION_MAX_AGE_S", 10, 2, 300)),
-    )
+    values: dict[str, Any] = {
+        setting.field: setting.parse(setting.name, setting.raw(env)) for setting in SETTINGS
+    }
+    # The one rule across settings: which exchange a mode may reach.
+    _check_exchange_url(values["exchange_url"], values["testnet"])
+    values["exchange_url"] = values["exchange_url"].rstrip("/")
+    return Settings(**values)
 
 
 def load_credentials(env: Mapping[str, str]) -> Credentials:
@@ -224,10 +158,9 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-@functools.cache
 def setting_names() -> frozenset[str]:
-    """Every variable the service reads, from the one place that reads them (Settings.describe)."""
-    return frozenset(load_settings({}).describe()) - {"mode"}
+    """Every variable the service reads."""
+    return frozenset(setting.name for setting in SETTINGS)
 
 
 def _check_known_key(key: str, where: str) -> None:
@@ -283,11 +216,11 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _parse_testnet(raw: str) -> bool:
+def _testnet(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value not in {"true", "false"}:
         raise ConfigError(
-            f"TESTNET={raw!r} is not accepted: accepted values are 'false' (production, the default) "
+            f"{name}={raw!r} is not accepted: accepted values are 'false' (production, the default) "
             "and 'true' (testnet: permits skipped, sandbox exchange only)"
         )
     return value == "true"
@@ -315,33 +248,31 @@ def _check_exchange_url(url: str, testnet: bool) -> None:
         )
 
 
-def _check_redis_url(url: str) -> None:
+def _redis_url(name: str, raw: str) -> str:
+    url = raw.strip()
     parts = urlsplit(url)
+    shown = f"{name}={mask_url_password(url)!r}"
     if parts.scheme not in {"redis", "rediss", "unix"}:
-        raise ConfigError(
-            f"REDIS_URL={mask_url_password(url)!r}: accepted: redis://, rediss:// or unix:// URLs"
-        )
+        raise ConfigError(f"{shown}: accepted: redis://, rediss:// or unix:// URLs")
     if parts.scheme == "unix":
-        return
+        return url
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(
-            f"REDIS_URL={mask_url_password(url)!r}: the port must be a number from 1 to 65535"
-        ) from None
+        raise ConfigError(f"{shown}: the port must be a number from 1 to 65535") from None
     if not parts.hostname or port == 0:
-        raise ConfigError(
-            f"REDIS_URL={mask_url_password(url)!r}: accepted: redis://user:password@host:port/db"
-        )
+        raise ConfigError(f"{shown}: accepted: redis://user:password@host:port/db")
     db = parts.path.lstrip("/")
     if db and not (db.isdigit() and int(db) <= MAX_REDIS_DB):
-        raise ConfigError(
-            f"REDIS_URL={mask_url_password(url)!r}: the database must be a number from 0 to {MAX_REDIS_DB}"
-        )
+        raise ConfigError(f"{shown}: the database must be a number from 0 to {MAX_REDIS_DB}")
+    return url
 
 
-def _address(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name, "").strip() or default
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _address(name: str, value: str) -> str:
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -351,31 +282,53 @@ def _address(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: accepted values: a whole number from {low} to {high}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={raw!r}: accepted values: a whole number from {low} to {high}")
+@dataclass(frozen=True)
+class Whole:
+    """A whole number from low to high, kept as `keep` makes it (a float, seconds from milliseconds)."""
+
+    low: int
+    high: int
+    keep: Callable[[int], Any] = int
+
+    @property
+    def accepted(self) -> str:
+        return f"{self.low} to {self.high}"
+
+    def __call__(self, name: str, raw: str) -> Any:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = self.low - 1
+        if not self.low <= value <= self.high:
+            raise ConfigError(
+                f"{name}={raw!r}: accepted values: a whole number from {self.low} to {self.high}"
+            )
+        return self.keep(value)
+
+
+def _seconds_from_ms(value: int) -> float:
+    return value / 1000
+
+
+def _log_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"json", "kv"}:
+        raise ConfigError(f"{name}={value!r}: accepted values: json, kv")
     return value
 
 
-def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+def _sentinels(name: str, raw: str) -> tuple[tuple[str, int], ...]:
     """`10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379`: where to ask who the primary is."""
     sentinels = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         host, sep, port = item.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"REDIS_SENTINELS: {item!r}: accepted: host:port pairs separated by commas")
+            raise ConfigError(f"{name}: {item!r}: accepted: host:port pairs separated by commas")
         sentinels.append((host.strip("[]"), int(port)))
     return tuple(sentinels)
 
 
-def _notional_limits(raw: str) -> tuple[tuple[str, float], ...]:
+def _notional_limits(name: str, raw: str) -> tuple[tuple[str, float], ...]:
     """`BTCUSDT=50000,ETHUSDT=20000,*=10000`: USDT per order, per symbol, `*` for the others."""
     accepted = "accepted: SYMBOL=USDT pairs separated by commas, e.g. BTCUSDT=50000,*=10000"
     limits: list[tuple[str, float]] = []
@@ -387,20 +340,21 @@ def _notional_limits(raw: str) -> tuple[tuple[str, float], ...]:
         except ValueError:
             value = -1.0
         if not sep or not (symbol == "*" or symbol.isalnum()) or not 0 < value < 1e12:
-            raise ConfigError(f"APPLY_MAX_NOTIONAL_USDT: {item!r}: {accepted}")
+            raise ConfigError(f"{name}: {item!r}: {accepted}")
         if symbol.upper() in {seen for seen, _limit in limits}:
-            raise ConfigError(
-                f"APPLY_MAX_NOTIONAL_USDT: {symbol.upper()} is given twice; give each symbol once"
-            )
+            raise ConfigError(f"{name}: {symbol.upper()} is given twice; give each symbol once")
         limits.append((symbol.upper(), value))
     return tuple(limits)
 
 
-def _name(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name, "").strip() or default
+def _name(name: str, value: str) -> str:
     if not value or any(ch.isspace() for ch in value) or len(value) > 128:
         raise ConfigError(f"{name}={value!r}: accepted values: 1 to 128 characters without spaces")
     return value
+
+
+def _pairs(pairs: tuple[tuple[object, object], ...], separator: str, number: str = "") -> str:
+    return ",".join(f"{key}{separator}{value:{number}}" for key, value in pairs)
 
 
 def process_env(env_file: Path | None, required: bool) -> dict[str, str]:
@@ -412,3 +366,267 @@ def process_env(env_file: Path | None, required: bool) -> dict[str, str]:
     check_environment(os.environ)
     merged.update(os.environ)
     return merged
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One variable: the one place its name, default, accepted values and meaning are written."""
+
+    name: str
+    field: str  # Settings' attribute
+    parse: Callable[[str, str], Any]  # (name, text) -> value; raises ConfigError naming the variable
+    default: str | Callable[[Mapping[str, str]], str]  # text, or worked out from the other variables
+    help: str  # the README's meaning column
+    show: Callable[[Any], str] = str  # how check-config prints the parsed value
+    default_help: str = ""  # the README's default column, where the default is worked out
+    # False: an empty value is a value (and refused), not "use the default"
+    empty_is_default: bool = True
+    accepts: str = ""  # what a value may be, for the README; a Whole parser says it itself
+
+    @property
+    def accepted(self) -> str:
+        return self.accepts or str(getattr(self.parse, "accepted", ""))
+
+    def raw(self, env: Mapping[str, str]) -> str:
+        default = self.default(env) if callable(self.default) else self.default
+        if not self.empty_is_default:
+            return env.get(self.name, default)
+        return env.get(self.name, "").strip() or default
+
+    def documented_default(self) -> str:
+        if self.default_help:
+            return self.default_help
+        assert isinstance(self.default, str)
+        return f"`{self.default}`" if self.default else "empty"
+
+
+def _exchange_url_by_mode(env: Mapping[str, str]) -> str:
+    testnet = env.get("TESTNET", "false").strip().lower() == "true"
+    return TESTNET_EXCHANGE_URL if testnet else PRODUCTION_EXCHANGE_URL
+
+
+def _wait_replicas_by_sentinels(env: Mapping[str, str]) -> str:
+    return "1" if _sentinels("REDIS_SENTINELS", env.get("REDIS_SENTINELS", "")) else "0"
+
+
+# Every setting, in the order check-config prints them. README's "Environment" table, the role's
+# env-file template and argument_specs are checked against it (tests/test_settings_table.py).
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "TESTNET",
+        "testnet",
+        _testnet,
+        "false",
+        "`false` = production: both permits required. `true` = testnet: permits skipped, exchange must be "
+        "`https://testnet.binancefuture.com` or loopback. Anything else refuses to start.",
+        show=lambda value: str(value).lower(),
+        empty_is_default=False,
+        accepts="`false`, `true`",
+    ),
+    Setting(
+        "REDIS_URL",
+        "redis_url",
+        _redis_url,
+        "redis://127.0.0.1:6379/0",
+        "with the ACL user and password of the redis role (`redis://apply_layer:<pw>@host:6379/0`)",
+        show=lambda value: mask_url_password(value),
+        empty_is_default=False,
+        accepts="a `redis://`, `rediss://` or `unix://` URL",
+    ),
+    Setting(
+        "APPLY_EXCHANGE_URL",
+        "exchange_url",
+        _text,
+        _exchange_url_by_mode,
+        "plain http only for a loopback emulator; production never accepts the testnet host",
+        default_help=f"by mode: `{PRODUCTION_EXCHANGE_URL}` / `{TESTNET_EXCHANGE_URL}`",
+        accepts="an http(s) base URL",
+    ),
+    Setting(
+        "APPLY_METRICS_ADDR",
+        "metrics_addr",
+        _address,
+        "0.0.0.0",  # noqa: S104 - Prometheus scrapes it
+        "address of the Prometheus endpoint (firewall it to the private network)",
+        accepts="an IP address of this host",
+    ),
+    Setting("APPLY_METRICS_PORT", "metrics_port", Whole(0, 65535), "8000", "port of the Prometheus endpoint"),
+    Setting(
+        "APPLY_PERMIT_TIMEOUT_MS",
+        "permit_timeout_s",
+        Whole(1, 600_000, keep=_seconds_from_ms),
+        "2000",
+        "how long a plan waits for its permits, then `blocked`",
+        show=lambda value: str(round(value * 1000)),
+    ),
+    Setting(
+        "APPLY_EXCHANGE_TIMEOUT_MS",
+        "exchange_timeout_s",
+        Whole(100, 60_000, keep=_seconds_from_ms),
+        "5000",
+        "one exchange request",
+        show=lambda value: str(round(value * 1000)),
+    ),
+    Setting(
+        "APPLY_CONSUMER_GROUP",
+        "consumer_group",
+        _name,
+        "apply-layer",
+        "the consumer group every apply host shares",
+        accepts="1 to 128 characters, no spaces",
+    ),
+    Setting(
+        "APPLY_CONSUMER_NAME",
+        "consumer_name",
+        _name,
+        lambda _env: socket.gethostname(),
+        "keep the name stable per host: a restart takes up its own pending plans",
+        default_help="host name",
+        accepts="1 to 128 characters, no spaces",
+    ),
+    Setting(
+        "APPLY_RECLAIM_IDLE_MS",
+        "reclaim_idle_ms",
+        Whole(1_000, 3_600_000),
+        "30000",
+        "a plan idle this long at a dead consumer is taken over",
+    ),
+    Setting(
+        "APPLY_DEDUPE_TTL_S",
+        "dedupe_ttl_s",
+        Whole(60, 90 * 86_400),
+        "604800",
+        "how long a plan id is remembered as executed",
+    ),
+    Setting(
+        "APPLY_MAX_PLAN_AGE_S",
+        "max_plan_age_s",
+        Whole(1, 86_400, keep=float),
+        "300",
+        "older plans are blocked as stale (after an outage, the market has moved); more than 5 s in the "
+        "future: blocked as `from_future`",
+    ),
+    Setting(
+        "APPLY_MAX_IN_FLIGHT",
+        "max_in_flight",
+        Whole(1, 1024),
+        "32",
+        "plans handled at once (one at a time per symbol)",
+    ),
+    Setting(
+        "APPLY_RESULT_MAXLEN",
+        "result_maxlen",
+        Whole(1_000, 100_000_000),
+        "1000000",
+        "approximate cap of the result stream",
+    ),
+    Setting(
+        "APPLY_LOG_FORMAT",
+        "log_format",
+        _log_format,
+        "json",
+        "`json` or `kv`, one line per event on stdout",
+        empty_is_default=False,
+        accepts="`json`, `kv`",
+    ),
+    Setting(
+        "APPLY_MAX_ORDERS_PER_SECOND",
+        "max_orders_per_s",
+        Whole(0, 100_000),
+        "0",
+        "order-rate limit of all symbols, shared by every process on the Redis (0 = none)",
+    ),
+    Setting(
+        "APPLY_MAX_ORDERS_PER_SECOND_PER_SYMBOL",
+        "max_orders_per_s_per_symbol",
+        Whole(0, 100_000),
+        "0",
+        "order-rate limit of each symbol, shared by every process on the Redis (0 = none)",
+    ),
+    Setting(
+        "APPLY_MAX_NOTIONAL_USDT",
+        "max_notional_usdt",
+        _notional_limits,
+        "",
+        "`BTCUSDT=250000,ETHUSDT=100000,*=25000`: USDT per order; an order over it is blocked, never trimmed",
+        show=lambda value: _pairs(value, "=", "g"),
+        accepts="`SYMBOL=USDT` pairs, `*` for the others",
+    ),
+    Setting(
+        "APPLY_AUTO_TRIP_CHECKS",
+        "auto_trip_checks",
+        Whole(1, 600),
+        "3",
+        "one-second checks a condition must hold before the service halts itself",
+    ),
+    Setting(
+        "APPLY_AUTO_TRIP_EXCHANGE_ERRORS",
+        "auto_trip_exchange_errors",
+        Whole(0, 10_000),
+        "5",
+        "exchange failures in a row that trip (0 = off)",
+    ),
+    Setting(
+        "APPLY_AUTO_TRIP_MISMATCH_S",
+        "auto_trip_mismatch_s",
+        Whole(0, 86_400),
+        "0",
+        "seconds P3.3 and the exchange may disagree on a position (0 = off)",
+    ),
+    Setting(
+        "APPLY_AUTO_TRIP_DEAD_LETTERS_PER_MIN",
+        "auto_trip_dead_letters_per_min",
+        Whole(0, 1_000_000),
+        "0",
+        "dead letters a minute above which it trips (0 = off)",
+    ),
+    Setting(
+        "REDIS_SENTINELS",
+        "redis_sentinels",
+        _sentinels,
+        "",
+        "`host:26379,host:26379,host:26379`: ask the Sentinels for the primary (REDIS_URL then gives only "
+        "user, password, db)",
+        show=lambda value: _pairs(value, ":"),
+        accepts="`host:port` pairs",
+    ),
+    Setting(
+        "REDIS_SENTINEL_SERVICE",
+        "redis_sentinel_service",
+        _name,
+        "quantum",
+        "the name the Sentinels monitor the primary under",
+        accepts="1 to 128 characters, no spaces",
+    ),
+    Setting(
+        "APPLY_REDIS_WAIT_REPLICAS",
+        "redis_wait_replicas",
+        Whole(0, 10),
+        _wait_replicas_by_sentinels,
+        "a claim must reach this many replicas (`WAIT`) before its order is sent",
+        default_help="`1` with Sentinels, else `0`",
+    ),
+    Setting(
+        "APPLY_REDIS_WAIT_TIMEOUT_MS",
+        "redis_wait_timeout_ms",
+        Whole(1, 10_000),
+        "200",
+        "how long a claim waits for its replicas",
+    ),
+    Setting(
+        "APPLY_EXCHANGE_RECV_WINDOW_MS",
+        "exchange_recv_window_ms",
+        Whole(1, 60_000),
+        "5000",
+        "Binance's `recvWindow` on every signed request: how late a request may arrive",
+    ),
+    Setting(
+        "APPLY_POSITION_MAX_AGE_S",
+        "position_max_age_s",
+        Whole(2, 300, keep=float),
+        "10",
+        "how old the last positionRisk check of the pushed positions may be before a plan reads its "
+        "position by REST, before its claim (the check runs every half of it)",
+        show=lambda value: f"{value:g}",
+    ),
+)

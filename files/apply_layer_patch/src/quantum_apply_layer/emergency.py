@@ -16,11 +16,11 @@ from typing import cast
 from redis.asyncio import Redis
 
 from . import keys
+from .decoding import text, text_fields
 from .plan import OrderType, StepKind
 from .switch import AUDIT_MAXLEN, read_global_switch
 
 TOKEN_TTL_S = 60
-ANY_SIDE = "ANY"
 
 
 async def request_emergency_close(
@@ -30,7 +30,7 @@ async def request_emergency_close(
     plan_id = f"emergency-{symbol}-{uuid.uuid4().hex[:12]}"
     switch = await read_global_switch(redis)
     last = await redis.xrevrange(keys.RESULT_STREAM, count=1) or []
-    after = _text(last[0][0] or "0-0") if last else "0-0"
+    after = text(last[0][0] or "0-0") if last else "0-0"
     steps = [{"step": StepKind.CLOSE_FULL.value, "type": OrderType.MARKET_REDUCE_ONLY.value, "pct": 100}]
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(keys.emergency_token(plan_id), json.dumps({"who": who, "reason": reason}), ex=TOKEN_TTL_S)
@@ -79,11 +79,7 @@ async def wait_for_result(redis: Redis, plan_id: str, after: str, timeout_s: flo
         for _stream, entries in streams:
             for entry_id, fields in entries:
                 after = entry_id if isinstance(entry_id, str) else entry_id.decode()
-                decoded = {_text(k): _text(v) for k, v in fields.items()}
+                decoded = text_fields(fields)
                 if decoded.get("plan_id") == plan_id:
                     return decoded
     return None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -17,11 +17,6 @@ MAX_FIELD_NAME_BYTES = 128
 MAX_FIELD_VALUE_BYTES = 16_384
 
 
-def text(value: bytes | str) -> str:
-    """A name Redis made (entry id, stream, group): always ASCII, so decoding cannot fail."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def decode_entry(raw: RawFields) -> dict[str, str]:
     """The entry's fields as text, or the PlanError that dead-letters it."""
     if len(raw) > MAX_FIELDS:

@@ -28,11 +28,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from . import metrics
+from . import gates, metrics
 from .exchange import Exchange, ExchangeError, OrderAck, Position, StopOrder, client_order_id
 from .market_filters import FilterError, MarketFilters
 from .plan import OrderType, Plan, Step
 from .position_book import POSITION_TOLERANCE, PositionBook, Unusable
+from .statuses import PLACED, StepStatus
 
 log = logging.getLogger(__name__)
 Side = Literal["BUY", "SELL"]
@@ -45,7 +46,7 @@ _NOTHING_FILLED = frozenset({"EXPIRED", "CANCELED", "REJECTED", "EXPIRED_IN_MATC
 class StepOutcome:
     index: int
     step: str
-    status: str  # sent, found (sent before a crash), nothing_to_do, blocked, held_back, rejected, error
+    status: StepStatus
     client_order_id: str
     exchange_order_id: str = ""
     detail: str = ""
@@ -55,7 +56,7 @@ class StepOutcome:
 
     @property
     def placed(self) -> bool:
-        return self.status in {"sent", "found"}
+        return self.status in PLACED
 
     @property
     def complete(self) -> bool:
@@ -82,11 +83,6 @@ def positions_disagree(p33_amt: float | None, exchange_amt: float) -> bool:
     if p33_amt is None:
         return False
     return abs(p33_amt - exchange_amt) > POSITION_TOLERANCE
-
-
-def opposite_sides(p33_amt: float | None, exchange_amt: float) -> bool:
-    """P3.3 judged a long, the exchange holds a short (or the reverse): the permit is for another position."""
-    return p33_amt is not None and p33_amt * exchange_amt < 0
 
 
 class MismatchClock:
@@ -117,18 +113,6 @@ class MismatchClock:
             metrics.position_mismatch_seconds.labels(symbol).set(now - first)
 
 
-def notional_verdict(quantity: float, price: float, limit: float | None) -> str | None:
-    """Why an order is too large, or None. Over the limit is blocked, never trimmed to fit."""
-    if limit is None:
-        return None
-    if price <= 0:
-        return f"notional: no price to check the {limit:g} USDT limit against"
-    notional = quantity * price
-    if notional > limit:
-        return f"notional: {notional:.2f} USDT over the {limit:g} USDT limit per order"
-    return None
-
-
 @dataclass(frozen=True)
 class Prepared:
     """What a plan's orders need, known before its claim."""
@@ -141,7 +125,7 @@ class Prepared:
     def after(self, outcome: StepOutcome) -> Prepared:
         """The position as the next step finds it: less what a placed close asked for. A fill smaller than
         asked leaves the real position larger, so the next step is sized smaller, never larger."""
-        if outcome.status != "sent" or outcome.quantity <= 0:
+        if outcome.status != StepStatus.SENT or outcome.quantity <= 0:
             return self
         reduced = max(abs(self.held.amount) - outcome.quantity, 0.0)
         return replace(self, held=Position(math.copysign(reduced, self.held.amount), self.held.mark_price))
@@ -227,11 +211,11 @@ class StepExecutor:
             if resumed:
                 found = await self._find(plan, step, coid)
                 if found is not None:
-                    return self._outcome(index, step, "found", coid, found, "sent before a restart")
+                    return self._outcome(index, step, StepStatus.FOUND, coid, found, "sent before a restart")
             outcome = await self._send(plan, index, step, coid, p33, prepared)
         except ExchangeError as error:
             outcome = await self._after_error(plan, index, step, coid, error)
-        if outcome.status == "error" or self._stop_refused(step, outcome):
+        if outcome.status == StepStatus.ERROR or self._stop_refused(step, outcome):
             # A refused stop leaves a position unprotected: the gate cannot do its job, as with an error.
             self.error_streak += 1
         elif outcome.placed:
@@ -244,7 +228,7 @@ class StepExecutor:
         step = plan.steps[index]
         unknown = ExchangeError("other", f"unexpected {type(error).__name__}: {error}")
         outcome = await self._after_error(plan, index, step, client_order_id(plan.plan_id, index), unknown)
-        if outcome.status == "error":
+        if outcome.status == StepStatus.ERROR:
             self.error_streak += 1
         return outcome
 
@@ -256,7 +240,7 @@ class StepExecutor:
 
     @staticmethod
     def _stop_refused(step: Step, outcome: StepOutcome) -> bool:
-        if step.order_type is not OrderType.STOP_LOSS_ORDER or outcome.status != "rejected":
+        if step.order_type is not OrderType.STOP_LOSS_ORDER or outcome.status != StepStatus.REJECTED:
             return False
         code = _CODE_IN_DETAIL.search(outcome.detail)
         metrics.apply_stop_loss_refused_total.labels(code.group(1) if code else "none").inc()
@@ -271,25 +255,25 @@ class StepExecutor:
             return await self._emergency_close(plan, index, step, coid, prepared)
         p33_amt = _float(p33.get("exchange_position_amt"))
         self._mismatch.observe(plan.symbol, positions_disagree(p33_amt, position))
-        if opposite_sides(p33_amt, position):
-            detail = f"position_mismatch: P3.3 saw {p33_amt}, exchange holds {position}"
-            return StepOutcome(index, step.kind, "blocked", coid, detail=detail)
+        verdict = gates.position_side_gate(p33_amt, position)
+        if verdict:
+            return _stopped(index, step, coid, verdict)
         if position == 0:
-            return StepOutcome(index, step.kind, "nothing_to_do", coid, detail="no open position")
+            return StepOutcome(index, step.kind, StepStatus.NOTHING_TO_DO, coid, detail="no open position")
         side = close_side(position)
         if step.order_type is OrderType.STOP_LOSS_ORDER:
             assert step.price is not None  # validated in plan.py
-            too_large = notional_verdict(abs(position), step.price, self._notional_limit(plan.symbol))
-            if too_large:
-                return self._blocked_by_notional(index, step, coid, too_large)
+            verdict = gates.notional_gate(abs(position), step.price, self._notional_limit(plan.symbol))
+            if verdict:
+                return _stopped(index, step, coid, verdict)
             stop = float(prepared.filters.stop_price(step.price))
-            return await self._replace_stop(plan, index, step, coid, side, stop, prepared.standing_stops)
+            return await self._replace_stop(plan, index, step, coid, stop, prepared)
         quantity = close_quantity(step, position, _float(p33.get("safe_close_qty")))
         if quantity <= 0:
-            return StepOutcome(index, step.kind, "nothing_to_do", coid, detail="safe_close_qty is 0")
-        too_large = notional_verdict(quantity, held.mark_price, self._notional_limit(plan.symbol))
-        if too_large:
-            return self._blocked_by_notional(index, step, coid, too_large)
+            return StepOutcome(index, step.kind, StepStatus.NOTHING_TO_DO, coid, detail="safe_close_qty is 0")
+        verdict = gates.notional_gate(quantity, held.mark_price, self._notional_limit(plan.symbol))
+        if verdict:
+            return _stopped(index, step, coid, verdict)
         return await self._send_close(plan, index, step, coid, side, quantity, prepared.filters)
 
     async def _send_close(
@@ -307,7 +291,7 @@ class StepExecutor:
         try:
             quantity = float(filters.market_quantity(quantity))
         except FilterError as error:
-            return StepOutcome(index, step.kind, "blocked", coid, detail=str(error))
+            return StepOutcome(index, step.kind, StepStatus.BLOCKED, coid, detail=str(error))
         self._book.sending(plan.symbol, coid)
         try:
             ack = await self._exchange.send_reduce_only_market(
@@ -320,26 +304,20 @@ class StepExecutor:
         return self._sent(index, step, coid, ack, quantity)
 
     async def _replace_stop(
-        self,
-        plan: Plan,
-        index: int,
-        step: Step,
-        coid: str,
-        side: Side,
-        price: float,
-        stops: tuple[StopOrder, ...],
+        self, plan: Plan, index: int, step: Step, coid: str, price: float, prepared: Prepared
     ) -> StepOutcome:
         """Exactly one protective stop for the position afterwards: cancel the standing one(s), read before
         the claim, then place. The cancel is part of the update, so it is the one trip besides the order."""
+        side = close_side(prepared.held.amount)
         standing = [
             stop
-            for stop in stops
+            for stop in prepared.standing_stops
             if stop.close_position and stop.side == side and stop.order_type == "STOP_MARKET"
         ]
         mine = [stop for stop in standing if stop.client_algo_id == coid]
         if mine:
             ack = OrderAck(coid, mine[0].algo_id, "NEW", 0.0, 0.0)
-            return self._outcome(index, step, "found", coid, ack, "placed before a restart")
+            return self._outcome(index, step, StepStatus.FOUND, coid, ack, "placed before a restart")
         for stop in standing:
             await self._exchange.cancel_stop(plan.symbol, stop)
         ack = await self._exchange.send_stop_market_close(plan.symbol, side, price, coid)
@@ -352,20 +330,13 @@ class StepExecutor:
     ) -> StepOutcome:
         """Only a reduce-only close of an open position on the side the operator named."""
         held = prepared.held
-        if held.amount == 0:
-            return StepOutcome(index, step.kind, "blocked", coid, detail="emergency: no open position")
-        if plan.emergency_side != "ANY" and close_side(held.amount) != plan.emergency_side:
-            detail = f"emergency: {plan.emergency_side} does not close the position of {held.amount}"
-            return StepOutcome(index, step.kind, "blocked", coid, detail=detail)
+        verdict = gates.emergency_gate(plan.emergency_side or gates.ANY_SIDE, held.amount)
+        if verdict:
+            return _stopped(index, step, coid, verdict)
         quantity = close_quantity(step, held.amount, None)
         return await self._send_close(
             plan, index, step, coid, close_side(held.amount), quantity, prepared.filters
         )
-
-    @staticmethod
-    def _blocked_by_notional(index: int, step: Step, coid: str, detail: str) -> StepOutcome:
-        metrics.apply_risk_block_total.labels("notional").inc()
-        return StepOutcome(index, step.kind, "blocked", coid, detail=detail)
 
     async def _after_error(
         self, plan: Plan, index: int, step: Step, coid: str, error: ExchangeError
@@ -376,13 +347,13 @@ class StepExecutor:
                 found = await self._find(plan, step, coid)
             except ExchangeError as lookup_error:
                 detail = f"{error.kind}: {error}; lookup failed too ({lookup_error.kind}): outcome unknown"
-                return StepOutcome(index, step.kind, "error", coid, detail=detail)
+                return StepOutcome(index, step.kind, StepStatus.ERROR, coid, detail=detail)
             if found is not None:
-                return self._outcome(index, step, "found", coid, found, f"{error.kind}, then found")
+                return self._outcome(index, step, StepStatus.FOUND, coid, found, f"{error.kind}, then found")
         if _held_back(error):
             # Held back by our own limiter or a Retry-After: nothing was sent, the gate works as meant.
-            return StepOutcome(index, step.kind, "held_back", coid, detail=str(error))
-        status = "rejected" if error.kind == "rejected" else "error"
+            return StepOutcome(index, step.kind, StepStatus.HELD_BACK, coid, detail=str(error))
+        status = StepStatus.REJECTED if error.kind == "rejected" else StepStatus.ERROR
         code = f" code={error.code}" if error.code is not None else ""
         return StepOutcome(index, step.kind, status, coid, detail=f"{error.kind}{code}: {error}")
 
@@ -390,7 +361,15 @@ class StepExecutor:
         if quantity > 0 and ack.filled_qty <= 0 and ack.status in _NOTHING_FILLED:
             detail = f"{ack.status}: the exchange filled nothing of {quantity:g}"
             return StepOutcome(
-                index, step.kind, "rejected", coid, ack.exchange_order_id, detail, quantity, 0.0, ack.status
+                index,
+                step.kind,
+                StepStatus.REJECTED,
+                coid,
+                ack.exchange_order_id,
+                detail,
+                quantity,
+                0.0,
+                ack.status,
             )
         metrics.apply_last_execution_timestamp_seconds.set(time.time())
         detail = ack.status
@@ -399,7 +378,7 @@ class StepExecutor:
         return StepOutcome(
             index,
             step.kind,
-            "sent",
+            StepStatus.SENT,
             coid,
             ack.exchange_order_id,
             detail,
@@ -409,7 +388,9 @@ class StepExecutor:
         )
 
     @staticmethod
-    def _outcome(index: int, step: Step, status: str, coid: str, ack: OrderAck, detail: str) -> StepOutcome:
+    def _outcome(
+        index: int, step: Step, status: StepStatus, coid: str, ack: OrderAck, detail: str
+    ) -> StepOutcome:
         return StepOutcome(
             index,
             step.kind,
@@ -421,6 +402,12 @@ class StepExecutor:
             ack.filled_qty,
             ack.status,
         )
+
+
+def _stopped(index: int, step: Step, coid: str, verdict: gates.Verdict) -> StepOutcome:
+    """A gate before the order stopped this step: nothing was sent."""
+    gates.count_risk_block(verdict)
+    return StepOutcome(index, step.kind, StepStatus.BLOCKED, coid, detail=verdict.reason)
 
 
 def _float(value: object) -> float | None:

@@ -1,55 +1,51 @@
-"""One function per gate. Each answers None (pass) or the Verdict that stops the plan.
+"""What can stop an order: every gate, in the order a plan meets it. Each answers None (pass) or the
+Verdict that stops the plan (or the step), and each is a pure function, testable alone.
 
-The switch and permit gates run inside Redis (claim.lua) so that they are atomic with consuming the
-permits; `claim_verdict` turns that script's answer into a Verdict.
+Before the claim:   decision_gate, freshness_gate
+The claim:          claim_verdict, the answer of claim.lua (claim.py), which checks in one atomic step
+                    the global and symbol switches, the dedupe mark, the order-rate limits and both
+                    permits (consumed together, once), or an operator's emergency token
+Before each order:  position_side_gate (P3.3's position against the exchange's), notional_gate
+                    (APPLY_MAX_NOTIONAL_USDT), and for an emergency close emergency_gate
+Also: the market's filters (market_filters.py) refuse a price or quantity the exchange would refuse,
+and the exchange's own limits (exchange_limits.py) hold a request back rather than earn a 429.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from . import metrics
+from .claim import ClaimResult
 from .plan import Plan
+from .statuses import ResultStatus
 
 # How far ahead of this host a plan's timestamp may be: clock skew between upstream's host and ours.
 MAX_FUTURE_S = 5.0
+# Gates of the apply layer's own risk limits, counted in apply_risk_block_total{gate}.
+RISK_GATES = frozenset({"stale", "rate_global", "rate_symbol", "notional"})
+# An emergency close may name the side to close, or leave it to the position.
+ANY_SIDE = "ANY"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # the result's status: skipped, blocked, halted, reduce_only_blocked, duplicate
+    status: ResultStatus  # blocked, skipped, halted, reduce_only_blocked, duplicate (or error)
     reason: str
     gate: str
 
 
-@dataclass(frozen=True)
-class ClaimResult:
-    """claim.lua's answer: claimed, resume, halted, reduce_only, duplicate, permit_missing or denied."""
-
-    kind: str
-    detail: str
-    mark: dict[str, object]  # the dedupe mark of a claimed (or resumed) plan
-    governor_permit: dict[str, object]
-    p33_permit: dict[str, object]
-
-    @classmethod
-    def from_script(cls, reply: list[bytes | str]) -> ClaimResult:
-        values = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
-        kind, detail = values[0], values[1] if len(values) > 1 else ""
-        if kind == "denied":
-            detail = f"{values[1]}:{values[2]}"
-        if kind not in {"claimed", "resume"}:
-            return cls(kind, detail, {}, {}, {})
-        mark = _json_object(detail)  # the dedupe mark, which keeps the permits the claim consumed
-        governor = _json_object(str(mark.get("governor", "")))
-        return cls(kind, detail, mark, governor, _json_object(str(mark.get("p33", ""))))
+def count_risk_block(verdict: Verdict) -> None:
+    """The one place apply_risk_block_total is counted."""
+    if verdict.gate in RISK_GATES:
+        metrics.apply_risk_block_total.labels(verdict.gate).inc()
 
 
 def decision_gate(plan: Plan) -> Verdict | None:
     """Upstream decided not to execute, or the plan holds: nothing to send, and nothing to consume."""
     if plan.wants_execution:
         return None
-    return Verdict("skipped", f"decision={plan.decision} action={plan.action}", "decision")
+    return Verdict(ResultStatus.SKIPPED, f"decision={plan.decision} action={plan.action}", "decision")
 
 
 def freshness_gate(plan: Plan, now: float, max_age_s: float) -> Verdict | None:
@@ -60,10 +56,10 @@ def freshness_gate(plan: Plan, now: float, max_age_s: float) -> Verdict | None:
         return None
     age = now - plan.timestamp
     if age > max_age_s:
-        return Verdict("blocked", f"stale: {age:.0f}s old, limit {max_age_s:.0f}s", "stale")
+        return Verdict(ResultStatus.BLOCKED, f"stale: {age:.0f}s old, limit {max_age_s:.0f}s", "stale")
     if -age > MAX_FUTURE_S:
         return Verdict(
-            "blocked",
+            ResultStatus.BLOCKED,
             f"from_future: timestamp {plan.timestamp:.3f} is {-age:.0f}s ahead of this host's clock "
             f"(limit {MAX_FUTURE_S:.0f}s; epoch seconds expected)",
             "stale",
@@ -73,29 +69,70 @@ def freshness_gate(plan: Plan, now: float, max_age_s: float) -> Verdict | None:
 
 def claim_verdict(claim: ClaimResult) -> Verdict | None:
     """None when the plan may send (claimed, or resumed after a crash)."""
-    if claim.kind in {"claimed", "resume"}:
+    if claim.may_send:
         return None
     if claim.kind == "halted":
-        return Verdict("halted", f"kill switch {claim.detail}", "switch")
+        return Verdict(ResultStatus.HALTED, f"kill switch {claim.detail}", "switch")
     if claim.kind == "reduce_only":
         return Verdict(
-            "reduce_only_blocked", f"kill switch {claim.detail}: plan has a non-reducing step", "switch"
+            ResultStatus.REDUCE_ONLY_BLOCKED,
+            f"kill switch {claim.detail}: plan has a non-reducing step",
+            "switch",
         )
     if claim.kind == "duplicate":
-        return Verdict("duplicate", "plan_id already claimed by another entry", "dedupe")
+        return Verdict(ResultStatus.DUPLICATE, "plan_id already claimed by another entry", "dedupe")
     if claim.kind == "rate_limited":
         scope = claim.detail.partition(":")[0]
-        return Verdict("blocked", f"rate_limited: {claim.detail} orders", f"rate_{scope}")
+        return Verdict(ResultStatus.BLOCKED, f"rate_limited: {claim.detail} orders", f"rate_{scope}")
     if claim.kind == "permit_missing":
-        return Verdict("blocked", f"permit_timeout: no {claim.detail} permit before the deadline", "permit")
+        return Verdict(
+            ResultStatus.BLOCKED, f"permit_timeout: no {claim.detail} permit before the deadline", "permit"
+        )
     if claim.kind == "denied":
-        return Verdict("blocked", f"permit_denied: {claim.detail}", "permit")
-    return Verdict("blocked", f"unexpected claim answer {claim.kind!r}", "claim")
+        return Verdict(ResultStatus.BLOCKED, f"permit_denied: {claim.detail}", "permit")
+    return Verdict(ResultStatus.BLOCKED, f"unexpected claim answer {claim.kind!r}", "claim")
 
 
-def _json_object(raw: str) -> dict[str, object]:
-    try:
-        value = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+def position_side_gate(p33_amt: float | None, exchange_amt: float) -> Verdict | None:
+    """P3.3 judged a long, the exchange holds a short (or the reverse): the permit is for another
+    position, so no close may be sized from it."""
+    if p33_amt is None or p33_amt * exchange_amt >= 0:
+        return None
+    return Verdict(
+        ResultStatus.BLOCKED,
+        f"position_mismatch: P3.3 saw {p33_amt}, exchange holds {exchange_amt}",
+        "position",
+    )
+
+
+def notional_gate(quantity: float, price: float, limit: float | None) -> Verdict | None:
+    """An order larger than APPLY_MAX_NOTIONAL_USDT for its symbol is blocked, never trimmed to fit."""
+    if limit is None:
+        return None
+    if price <= 0:
+        return Verdict(
+            ResultStatus.BLOCKED, f"notional: no price to check the {limit:g} USDT limit against", "notional"
+        )
+    notional = quantity * price
+    if notional > limit:
+        return Verdict(
+            ResultStatus.BLOCKED,
+            f"notional: {notional:.2f} USDT over the {limit:g} USDT limit per order",
+            "notional",
+        )
+    return None
+
+
+def emergency_gate(side: str, position_amt: float) -> Verdict | None:
+    """An operator's emergency close only reduces an open position, on the side the operator named
+    (SELL closes a long, BUY a short, ANY either)."""
+    if position_amt == 0:
+        return Verdict(ResultStatus.BLOCKED, "emergency: no open position", "emergency")
+    closing = "SELL" if position_amt > 0 else "BUY"
+    if side != ANY_SIDE and closing != side:
+        return Verdict(
+            ResultStatus.BLOCKED,
+            f"emergency: {side} does not close the position of {position_amt}",
+            "emergency",
+        )
+    return None

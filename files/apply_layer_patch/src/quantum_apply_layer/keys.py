@@ -58,17 +58,3 @@ def symbol_switch(symbol: str) -> str:
 
 def symbol_switch_reason(symbol: str) -> str:
     return f"{SYMBOL_SWITCH_REASON_PREFIX}{symbol}"
-
-
-def claim_keys(plan_id: str, symbol: str) -> list[str]:
-    """The KEYS of claim.lua, in its order."""
-    return [
-        GLOBAL_SWITCH,
-        symbol_switch(symbol),
-        dedupe_mark(plan_id),
-        governor_permit(plan_id),
-        p33_permit(plan_id),
-        rate_counter("global"),
-        rate_counter(symbol),
-        emergency_token(plan_id),
-    ]

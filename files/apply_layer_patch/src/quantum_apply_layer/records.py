@@ -10,20 +10,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from . import keys
-from .entry import text
+from .decoding import text
 from .scripts import Scripts
+from .statuses import PLACED, ResultStatus
 
 
 @dataclass(frozen=True)
 class Result:
     plan_id: str
     symbol: str
-    status: str
+    status: ResultStatus
     reason: str
     steps: list[dict[str, object]] = field(default_factory=list)
 
     def fields(self, entry_id: str, consumer: str, mode: str, duration_s: float) -> dict[str, str]:
-        placed = [step for step in self.steps if step.get("status") in {"sent", "found"}]
+        placed = [step for step in self.steps if step.get("status") in PLACED]
         return {
             "plan_id": self.plan_id,
             "symbol": self.symbol,

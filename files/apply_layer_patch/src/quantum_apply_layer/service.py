@@ -1,9 +1,10 @@
-"""The apply layer's path for each plan, top to bottom: receive -> validate -> gate -> execute -> record.
+"""The stream consumer: receive each plan and hand it to the plan pipeline (pipeline.py), which
+validates, gates, executes and records it.
 
 Plans come from a consumer group, so several processes share the stream and a dead process's
 plans are reclaimed. Plans of one symbol run in stream order; different symbols run side by side,
-at most APPLY_MAX_IN_FLIGHT at a time. Every Redis failure stops the plan in hand before anything is
-sent (fail closed) and leaves it pending, to be taken up again once Redis answers.
+at most APPLY_MAX_IN_FLIGHT at a time. A plan left pending by a Redis failure (RedisUnavailable) is
+taken up again once Redis answers; a lost consumer group (NOGROUP) is made again at once.
 """
 
 from __future__ import annotations
@@ -18,35 +19,31 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
-from . import gates, keys, metrics
+from . import keys, metrics
 from .autotrip import AutoTrip
+from .backoff import Backoff
 from .config import Settings
-from .entry import RawFields, decode_entry, printable_name, text
-from .exchange import Exchange, ExchangeError, client_order_id
-from .execution import MismatchClock, PositionUnknown, Prepared, StepExecutor, StepOutcome
-from .market_filters import FilterError
+from .decoding import text
+from .entry import RawFields, printable_name
+from .exchange import Exchange, ExchangeError
+from .execution import MismatchClock, StepExecutor
 from .permits import PermitWatcher, check_notifications
-from .plan import SYMBOL_PATTERN, Plan, PlanError, parse_plan
+from .pipeline import PlanPipeline
+from .plan import SYMBOL_PATTERN, PlanError
 from .position_book import PositionBook
-from .records import Recorder, Result
+from .redis_guard import RedisUnavailable, redis_failed
 from .scripts import Scripts, register_scripts
 from .user_stream import UserStream, user_stream_url
 
 log = logging.getLogger(__name__)
 READ_BATCH = 64
 READ_BLOCK_MS = 1000
-MAX_BACKOFF_S = 1.0
 RESCAN_DELAY_S = 0.2  # before taking up plans left pending, so a failing Redis is not hammered
-RISK_GATES = frozenset({"stale", "rate_global", "rate_symbol"})  # counted in apply_risk_block_total
 # An entry that fails unexpectedly this many times (in any process) is dead-lettered as a poison pill
 # rather than retried forever; the count lives in Redis so a crash loop or a takeover still counts.
 POISON_ATTEMPTS = 3
 POISON_COUNT_TTL_S = 86_400
 Entry = tuple[str, RawFields | None]  # an entry id and its raw fields (None: trimmed before we read it)
-
-
-class RedisUnavailable(Exception):
-    """Redis failed while a plan was in hand: the plan stays pending and nothing more is sent for it."""
 
 
 class ApplyLayer:
@@ -60,15 +57,10 @@ class ApplyLayer:
         self.positions = PositionBook(settings.position_max_age_s)
         self.user_stream = UserStream(exchange, self.positions, user_stream_url(settings.exchange_url))
         self.executor = StepExecutor(exchange, self.positions, self.mismatch, settings.notional_limit)
-        self.recorder = Recorder(
-            self.scripts,
-            settings.consumer_group,
-            settings.consumer_name,
-            settings.mode,
-            settings.result_maxlen,
-            settings.dedupe_ttl_s,
-        )
         self.stopping = asyncio.Event()
+        self.pipeline = PlanPipeline(
+            settings, redis, self.scripts, self.permits, self.executor, self.stopping
+        )
         self.ready = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._symbol_locks: dict[str, asyncio.Lock] = {}
@@ -116,7 +108,7 @@ class ApplyLayer:
         """Wait, without consuming anything, until Redis and the exchange both answer. Until then nothing
         can be claimed, so nothing is sent (fail closed), and apply_redis_up says 0. A Redis that answers
         without keyspace notifications raises NotificationsOff: a setting to fix, not a wait."""
-        delay = 0.05
+        backoff = Backoff()
         said = ""
         while not self.stopping.is_set():
             try:
@@ -127,13 +119,12 @@ class ApplyLayer:
                     log.warning("Redis and the exchange answer: starting")
                 return
             except (RedisError, OSError, ExchangeError) as error:
-                _redis_failed(error)
+                redis_failed(error)
                 waiting_for = _waiting_for(error)
                 if waiting_for != said:  # once per cause, not once per retry
                     log.warning("waiting, halted (nothing can be claimed): %s", waiting_for)
                     said = waiting_for
-                await self._sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                await self._sleep(backoff.next_delay())
 
     async def _ensure_group(self) -> bool:
         """Create the consumer group unless it exists; True when this call created it.
@@ -172,7 +163,7 @@ class ApplyLayer:
     async def _consume(self) -> None:
         pending_cursor: str | None = "0"  # our own unacknowledged plans first (a restart, an outage)
         next_reclaim = 0.0
-        delay = 0.05
+        backoff = Backoff()
         while not self.stopping.is_set():
             if self._rescan_pending and pending_cursor is None:
                 self._rescan_pending = False
@@ -189,27 +180,24 @@ class ApplyLayer:
                 else:
                     await self._dispatch_all(await self._read(">", block=READ_BLOCK_MS), recovered=False)
                 metrics.apply_redis_up.set(1)
-                delay = 0.05
-            except ResponseError as error:
-                pending_cursor = "0"
-                if "NOGROUP" not in str(error):
-                    _redis_failed(error)
-                    log.warning("reading plans failed, will retry: %s", error)
-                    await self._sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
-                    continue
-                try:
-                    await self._group_lost()
-                except (RedisError, OSError) as retry_error:
-                    _redis_failed(retry_error)
-                    await self._sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
+                backoff.reset()
             except (RedisError, OSError) as error:
-                _redis_failed(error)
-                log.warning("reading plans failed, will retry: %s", error)
                 pending_cursor = "0"
-                await self._sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                if not await self._recovered_group(error):
+                    await self._sleep(backoff.next_delay())
+
+    async def _recovered_group(self, error: RedisError | OSError) -> bool:
+        """After a failed read: True when it was only the consumer group gone, made again now."""
+        if isinstance(error, ResponseError) and "NOGROUP" in str(error):
+            try:
+                await self._group_lost()
+                return True
+            except (RedisError, OSError) as retry_error:
+                redis_failed(retry_error)
+                return False
+        redis_failed(error)
+        log.warning("reading plans failed, will retry: %s", error)
+        return False
 
     async def _read(self, cursor: str, block: int | None) -> list[Entry]:
         reply = await self.redis.xreadgroup(
@@ -264,10 +252,10 @@ class ApplyLayer:
         lock = self._symbol_locks.setdefault(symbol, asyncio.Lock()) if SYMBOL_PATTERN.match(symbol) else None
         try:
             if lock is None:
-                await self.handle(entry_id, fields, recovered)
+                await self.pipeline.handle(entry_id, fields, recovered)
             else:
                 async with lock:
-                    await self.handle(entry_id, fields, recovered)
+                    await self.pipeline.handle(entry_id, fields, recovered)
         except RedisUnavailable as error:
             log.warning("plan %s left pending: %s", entry_id, error)
             self._rescan_pending = True
@@ -291,285 +279,12 @@ class ApplyLayer:
             name = type(error).__name__
             metrics.apply_poison_plans_total.labels(name).inc()
             reason = PlanError("poison", f"{name} in {failures} attempts: {str(error)[:200]}")
-            await self._dead_letter(entry_id, fields or {}, reason, started)
+            await self.pipeline.dead_letter(entry_id, fields or {}, reason, started)
             await self.redis.hdel(keys.FAILURES, entry_id)
         except (RedisError, OSError, RedisUnavailable) as redis_error:
-            _redis_failed(redis_error)
+            redis_failed(redis_error)
             log.warning("plan %s left pending: %s", entry_id, redis_error)
             self._rescan_pending = True
-
-    # ---- validate, gate, execute, record -------------------------------------------------------
-    async def handle(self, entry_id: str, fields: RawFields | None, recovered: bool) -> None:
-        started = time.perf_counter()
-        if recovered and not await self._still_pending(entry_id):
-            return
-        if fields is None:  # trimmed from the stream before we could read it
-            await self._record(entry_id, Result("", "", "dead_letter", "entry_deleted: no fields"), started)
-            return
-        try:
-            plan = parse_plan(decode_entry(fields))
-        except PlanError as error:
-            await self._dead_letter(entry_id, fields, error, started)
-            return
-
-        verdict = gates.decision_gate(plan) or gates.freshness_gate(
-            plan, time.time(), self.settings.max_plan_age_s
-        )
-        if verdict is not None:
-            await self._record_verdict(entry_id, plan, verdict, started)
-            return
-        if self.stopping.is_set():
-            raise RedisUnavailable("stopping before the claim")  # left pending for the next start
-        # Everything the orders need, before the claim: after it, nothing but the orders.
-        try:
-            prepared = await self.executor.prepare(plan)
-        except (RedisError, OSError) as error:  # the exchange limiter's count lives in Redis
-            _redis_failed(error)
-            raise RedisUnavailable(f"preparing failed: {error}") from error
-        except (PositionUnknown, FilterError) as error:
-            unknown = isinstance(error, PositionUnknown) and not error.held_back
-            status = "error" if unknown else "blocked"
-            await self._record_verdict(entry_id, plan, gates.Verdict(status, str(error), "prepare"), started)
-            return
-
-        # The claim and its WAIT on one connection: WAIT counts only what its own connection wrote, so
-        # on another pooled connection it could confirm an older write while the claim is not on a replica.
-        async with self.redis.client() as connection:
-            claim = await self._claim_waiting_for_permits(plan, entry_id, connection)
-            verdict = gates.claim_verdict(claim)
-            if verdict is not None:
-                _count_denial(claim)
-                await self._record_verdict(entry_id, plan, verdict, started)
-                return
-            if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
-                metrics.p33_permit_allow_total.inc()
-            await self._confirm_replicated(plan, connection)
-
-        prepared = self.executor.refreshed(plan, prepared)
-        outcomes: list[StepOutcome] = []
-        try:
-            await self._execute(
-                plan, entry_id, claim, prepared, outcomes, resumed=recovered or claim.kind == "resume"
-            )
-        except RedisUnavailable:
-            raise  # the claim stays, and the plan resumes with a lookup once Redis answers
-        except (RedisError, OSError) as error:  # e.g. the exchange limiter: nothing was sent
-            _redis_failed(error)
-            raise RedisUnavailable(f"sending failed: {error}") from error
-        except Exception as error:
-            # Whatever broke, orders may be out: the result says which steps were sent and what failed.
-            log.exception("plan %s: step %d failed unexpectedly", plan.plan_id, len(outcomes))
-            outcomes.append(await self.executor.settle_unexpected(plan, len(outcomes), error))
-        result = _result_of(plan, outcomes)
-        await self._record(entry_id, result, started, claim_mark=claim.mark)
-        if plan.emergency:
-            metrics.apply_emergency_close_total.labels(result.status).inc()
-
-    async def _still_pending(self, entry_id: str) -> bool:
-        """A plan read as pending (after an outage, or taken over) may have been recorded and acked
-        while it waited for a slot or its symbol's turn: handling it again would give it a second
-        result, or run a plan already recorded as halted."""
-        try:
-            pending = await self.redis.xpending_range(
-                keys.PLAN_STREAM, self.settings.consumer_group, min=entry_id, max=entry_id, count=1
-            )
-        except (RedisError, OSError) as error:
-            _redis_failed(error)
-            raise RedisUnavailable(f"XPENDING failed: {error}") from error
-        return bool(pending)
-
-    async def _confirm_replicated(self, plan: Plan, connection: Redis) -> None:
-        """With replicas (Sentinel), the claim must be on one before the order goes out: a failover
-        then keeps the mark, and the plan resumes with a lookup instead of a second order."""
-        wanted = self.settings.redis_wait_replicas
-        if not wanted:
-            return
-        try:
-            acked = await connection.wait(wanted, self.settings.redis_wait_timeout_ms)
-        except (RedisError, OSError) as error:
-            _redis_failed(error)
-            raise RedisUnavailable(f"WAIT failed: {error}") from error
-        if acked < wanted:
-            raise RedisUnavailable(
-                f"claim of {plan.plan_id} reached {acked} of {wanted} replicas; not sending"
-            )
-
-    async def _record_verdict(
-        self, entry_id: str, plan: Plan, verdict: gates.Verdict, started: float
-    ) -> None:
-        if verdict.gate in RISK_GATES:
-            metrics.apply_risk_block_total.labels(verdict.gate).inc()
-        if plan.emergency:
-            metrics.apply_emergency_close_total.labels(verdict.status).inc()
-        await self._record(
-            entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
-        )
-
-    async def _claim_waiting_for_permits(
-        self, plan: Plan, entry_id: str, connection: Redis
-    ) -> gates.ClaimResult:
-        waited_from = time.perf_counter()
-        deadline = time.monotonic() + self.settings.permit_timeout_s
-        permit_keys = [keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id)]
-        async with self.permits.watching(permit_keys) as changed:
-            while True:
-                changed.clear()
-                claim = await self._claim(plan, entry_id, connection)
-                if claim.kind != "permit_missing":
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), remaining)
-        if not self.settings.testnet:
-            waited = time.perf_counter() - waited_from
-            metrics.permit_wait_ms.observe(waited * 1000)
-            metrics.apply_permit_wait_seconds.observe(waited)
-        return claim
-
-    async def _claim(self, plan: Plan, entry_id: str, connection: Redis) -> gates.ClaimResult:
-        try:
-            reply = await self.scripts.claim(
-                keys=keys.claim_keys(plan.plan_id, plan.symbol),
-                args=[
-                    entry_id,
-                    "0" if self.settings.testnet else "1",
-                    "1" if plan.only_reduces else "0",
-                    self.settings.dedupe_ttl_s,
-                    self.settings.consumer_name,
-                    len(plan.steps),
-                    self.settings.max_orders_per_s,
-                    self.settings.max_orders_per_s_per_symbol,
-                    "1" if plan.emergency else "0",
-                ],
-                client=connection,
-            )
-        except (RedisError, OSError) as error:
-            _redis_failed(error)
-            raise RedisUnavailable(f"claim failed: {error}") from error
-        return gates.ClaimResult.from_script(reply)
-
-    async def _execute(
-        self,
-        plan: Plan,
-        entry_id: str,
-        claim: gates.ClaimResult,
-        prepared: Prepared,
-        outcomes: list[StepOutcome],
-        resumed: bool,
-    ) -> None:
-        """One outcome per step tried, appended as each settles (so a failure keeps the earlier ones)."""
-        for index in range(len(plan.steps)):
-            if index > 0:
-                # A halt set while earlier steps were sending stops the steps not yet sent.
-                again = await self._claim(plan, entry_id, self.redis)
-                if again.kind != "resume":
-                    reason = gates.claim_verdict(again)
-                    detail = reason.reason if reason else again.kind
-                    outcomes.append(_not_sent(plan, index, "halted", detail))
-                    break
-            outcome = await self.executor.run(plan, index, claim.p33_permit, resumed, prepared)
-            prepared = prepared.after(outcome)
-            outcomes.append(outcome)
-            if outcome.status in {"rejected", "error", "blocked", "held_back"}:
-                break  # fail closed: later steps assumed this one worked
-
-    async def _dead_letter(self, entry_id: str, fields: RawFields, error: PlanError, started: float) -> None:
-        """The entry goes to the dead-letter stream byte for byte, plus `dlq_reason`."""
-        log.warning("plan %s dead-lettered: %s", entry_id, error)
-        result = Result(
-            printable_name(fields.get(b"plan_id")),
-            printable_name(fields.get(b"symbol")),
-            "dead_letter",
-            str(error),
-        )
-        dead_letter = {**fields, b"dlq_reason": str(error).encode()}
-        if await self._record(entry_id, result, started, dead_letter=dead_letter):
-            metrics.apply_dead_letters_total.labels(error.reason).inc()
-
-    async def _record(
-        self,
-        entry_id: str,
-        result: Result,
-        started: float,
-        claim_mark: dict[str, object] | None = None,
-        dead_letter: RawFields | None = None,
-    ) -> bool:
-        """Retried until Redis takes it: once an order went out, its result must not be lost.
-        False when the entry had been recorded before (a replay): nothing is counted twice."""
-        delay = 0.05
-        while True:
-            try:
-                recorded = await self.recorder.record(
-                    entry_id, result, time.perf_counter() - started, claim_mark, dead_letter
-                )
-                break
-            except (RedisError, OSError) as error:
-                _redis_failed(error)
-                if claim_mark is None:  # nothing was sent: leave it pending, it is safe to redo
-                    raise RedisUnavailable(f"recording failed: {error}") from error
-                log.warning("recording plan %s failed, retrying: %s", result.plan_id, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-        if not recorded:
-            log.info("entry %s had been recorded before (replayed); acknowledged only", entry_id)
-            return False
-        metrics.apply_executed_total.labels(result.status).inc()
-        metrics.apply_plan_duration_seconds.observe(time.perf_counter() - started)
-        log.info(
-            "plan handled",
-            extra={"plan_id": result.plan_id, "status": result.status, "reason": result.reason},
-        )
-        return True
-
-
-def _result_of(plan: Plan, outcomes: list[StepOutcome]) -> Result:
-    placed = sum(outcome.placed for outcome in outcomes)
-    last = outcomes[-1]
-    steps = [outcome.as_dict() for outcome in outcomes]
-    short = [outcome for outcome in outcomes if outcome.placed and not outcome.complete]
-    if placed == len(plan.steps) and not short:
-        return Result(plan.plan_id, plan.symbol, "executed", "", steps)
-    if short:
-        # The exchange filled less than asked (EXPIRED, price protection): never `executed`.
-        first = short[0]
-        reason = (
-            f"step {first.index} filled {first.filled_qty:g} of {first.quantity:g} ({first.exchange_status})"
-        )
-        return Result(plan.plan_id, plan.symbol, "partial", reason, steps)
-    if placed:
-        return Result(
-            plan.plan_id, plan.symbol, "partial", f"step {last.index} {last.status}: {last.detail}", steps
-        )
-    if all(outcome.status == "nothing_to_do" for outcome in outcomes):
-        return Result(plan.plan_id, plan.symbol, "skipped", f"nothing_to_do: {last.detail}", steps)
-    # Held back by the exchange's limits: nothing went out, like a gate that blocked it.
-    status = {"halted": "halted", "blocked": "blocked", "held_back": "blocked"}.get(last.status, "error")
-    return Result(plan.plan_id, plan.symbol, status, f"step {last.index} {last.status}: {last.detail}", steps)
-
-
-def _not_sent(plan: Plan, index: int, status: str, detail: str) -> StepOutcome:
-    return StepOutcome(
-        index, plan.steps[index].kind, status, client_order_id(plan.plan_id, index), detail=detail
-    )
-
-
-def _count_denial(claim: gates.ClaimResult) -> None:
-    if claim.kind == "permit_missing":
-        for missing in claim.detail.split(","):
-            counter = metrics.governor_block_total if missing == "governor" else metrics.p33_permit_deny_total
-            counter.labels("timeout").inc()
-    elif claim.kind == "denied":
-        which, _, reason = claim.detail.partition(":")
-        counter = metrics.governor_block_total if which == "governor" else metrics.p33_permit_deny_total
-        counter.labels(_label(reason)).inc()
-
-
-def _label(reason: str) -> str:
-    """Keep label values few: free text from upstream would make a series per message."""
-    cleaned = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in reason.lower())[:40]
-    return cleaned or "unspecified"
 
 
 def _waiting_for(error: BaseException) -> str:
@@ -580,9 +295,3 @@ def _waiting_for(error: BaseException) -> str:
     if isinstance(error, RedisError | OSError):
         return f"Redis does not answer ({error}): is it up, and is REDIS_URL right?"
     return f"the exchange does not answer ({error}): is APPLY_EXCHANGE_URL right and reachable?"
-
-
-def _redis_failed(error: BaseException) -> None:
-    if isinstance(error, RedisError | OSError):
-        metrics.apply_redis_up.set(0)
-        metrics.apply_redis_errors_total.inc()

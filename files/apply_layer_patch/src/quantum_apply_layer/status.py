@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from . import keys
 from .config import Settings
+from .decoding import text, text_fields
 from .stream_health import read_stream_health, render_stream_health
 from .switch import audit_time, read_audit, read_global_switch, read_symbol_switches
 
@@ -25,9 +26,9 @@ async def collect_status(redis: Redis, settings: Settings, audit_count: int) -> 
     global_switch = await read_global_switch(redis)
     symbols = await read_symbol_switches(redis)
     groups = await redis.xinfo_groups(keys.PLAN_STREAM) if await redis.exists(keys.PLAN_STREAM) else []
-    group = next((g for g in groups if _text(g.get("name")) == settings.consumer_group), None)
+    group = next((g for g in groups if text(g.get("name")) == settings.consumer_group), None)
     recent = await redis.xrevrange(keys.RESULT_STREAM, count=RECENT_RESULTS) or []
-    results = [{_text(k): _text(v) for k, v in (fields or {}).items()} for _id, fields in recent]
+    results = [text_fields(fields or {}) for _id, fields in recent]
     executed = next((r for r in results if r.get("status") in {"executed", "partial"}), None)
     instances = await _instances(redis, settings.consumer_group)
     return {
@@ -71,7 +72,7 @@ async def _instances(redis: Redis, group: str) -> list[dict[str, str]]:
     """The services whose heartbeat has not expired, i.e. alive and reaching Redis, for this group."""
     found = []
     async for key in redis.scan_iter(match=f"{keys.INSTANCE_PREFIX}*", count=100):
-        fields = {_text(k): _text(v) for k, v in (await redis.hgetall(key)).items()}
+        fields = text_fields(await redis.hgetall(key))
         if fields and fields.get("group") == group:
             found.append(fields)
     return sorted(found, key=lambda fields: fields.get("consumer", ""))
@@ -178,9 +179,5 @@ def _safe(value: object, limit: int = 200) -> str:
     return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} chars)"
 
 
-def _text(value: object) -> str:
-    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
-
-
 def _int(value: object) -> int | None:
-    return None if value is None else int(str(_text(value)))
+    return None if value is None else int(str(text(value)))

@@ -9,6 +9,7 @@ from enum import StrEnum
 from redis.asyncio import Redis
 
 from . import keys
+from .decoding import optional_text, text, text_fields
 from .scripts import Scripts
 
 AUDIT_MAXLEN = 100_000
@@ -59,18 +60,17 @@ class SwitchReading:
 
 async def read_global_switch(redis: Redis) -> SwitchReading:
     raw, reason = await redis.mget(keys.GLOBAL_SWITCH, keys.GLOBAL_SWITCH_REASON)
-    return SwitchReading("global", _text(raw), _text(reason))
+    return SwitchReading("global", optional_text(raw), optional_text(reason))
 
 
 async def read_symbol_switches(redis: Redis) -> list[SwitchReading]:
     """Every per-symbol switch that is set, whatever its value."""
     readings = []
     async for key in redis.scan_iter(match=f"{keys.SYMBOL_SWITCH_PREFIX}*", count=1000):
-        symbol = _text(key) or ""
-        symbol = symbol.removeprefix(keys.SYMBOL_SWITCH_PREFIX)
+        symbol = text(key).removeprefix(keys.SYMBOL_SWITCH_PREFIX)
         raw, reason = await redis.mget(keys.symbol_switch(symbol), keys.symbol_switch_reason(symbol))
         if raw is not None:
-            readings.append(SwitchReading(f"symbol:{symbol}", _text(raw), _text(reason)))
+            readings.append(SwitchReading(f"symbol:{symbol}", optional_text(raw), optional_text(reason)))
     return sorted(readings, key=lambda reading: reading.scope)
 
 
@@ -103,24 +103,14 @@ async def set_switch(
         keys=[switch_key, reason_key, keys.AUDIT_STREAM],
         args=[value, reason.strip(), who, scope, AUDIT_MAXLEN],
     )
-    return SwitchChange(scope, _text(old) or "", value, _text(audit_id) or "")
+    return SwitchChange(scope, text(old or ""), value, text(audit_id or ""))
 
 
 async def read_audit(redis: Redis, count: int) -> list[dict[str, str]]:
     entries = await redis.xrevrange(keys.AUDIT_STREAM, count=count) or []
-    return [{"id": _text(entry_id) or "", **_decode(fields or {})} for entry_id, fields in entries]
+    return [{"id": text(entry_id), **text_fields(fields or {})} for entry_id, fields in entries]
 
 
 def audit_time(entry: dict[str, str]) -> str:
     at = float(entry.get("at", "0") or 0)
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
-
-
-def _decode(fields: dict[bytes | str, bytes | str]) -> dict[str, str]:
-    return {_text(key) or "": _text(value) or "" for key, value in fields.items()}
-
-
-def _text(value: bytes | str | None) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value

@@ -1,0 +1,314 @@
+"""One plan, top to bottom: validate -> gate -> execute -> record. `handle()` is the model of the path.
+
+The stream consumer (service.py) hands each entry here. Every Redis failure stops the plan in hand
+before anything is sent (fail closed, RedisUnavailable) and leaves it pending for the consumer to take
+up again once Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import gates, keys, metrics
+from .backoff import Backoff
+from .claim import ClaimResult, claim_args, claim_keys
+from .config import Settings
+from .entry import RawFields, decode_entry, printable_name
+from .exchange import client_order_id
+from .execution import PositionUnknown, Prepared, StepExecutor, StepOutcome
+from .market_filters import FilterError
+from .permits import PermitWatcher
+from .plan import Plan, PlanError, parse_plan
+from .records import Recorder, Result
+from .redis_guard import RedisUnavailable, redis_failed, redis_guard
+from .scripts import Scripts
+from .statuses import STOPS_THE_PLAN, ResultStatus, StepStatus
+
+log = logging.getLogger(__name__)
+
+
+class PlanPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        scripts: Scripts,
+        permits: PermitWatcher,
+        executor: StepExecutor,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.scripts = scripts
+        self.permits = permits
+        self.executor = executor
+        self.stopping = stopping
+        self.recorder = Recorder(
+            scripts,
+            settings.consumer_group,
+            settings.consumer_name,
+            settings.mode,
+            settings.result_maxlen,
+            settings.dedupe_ttl_s,
+        )
+
+    async def handle(self, entry_id: str, fields: RawFields | None, recovered: bool) -> None:
+        started = time.perf_counter()
+        if recovered and not await self._still_pending(entry_id):
+            return
+        if fields is None:  # trimmed from the stream before we could read it
+            result = Result("", "", ResultStatus.DEAD_LETTER, "entry_deleted: no fields")
+            await self._record(entry_id, result, started)
+            return
+        try:
+            plan = parse_plan(decode_entry(fields))
+        except PlanError as error:
+            await self.dead_letter(entry_id, fields, error, started)
+            return
+
+        verdict = gates.decision_gate(plan) or gates.freshness_gate(
+            plan, time.time(), self.settings.max_plan_age_s
+        )
+        if verdict is not None:
+            await self._record_verdict(entry_id, plan, verdict, started)
+            return
+        if self.stopping.is_set():
+            raise RedisUnavailable("stopping before the claim")  # left pending for the next start
+        # Everything the orders need, before the claim: after it, nothing but the orders.
+        try:
+            with redis_guard("preparing"):  # the exchange limiter's count lives in Redis
+                prepared = await self.executor.prepare(plan)
+        except (PositionUnknown, FilterError) as error:
+            unknown = isinstance(error, PositionUnknown) and not error.held_back
+            status = ResultStatus.ERROR if unknown else ResultStatus.BLOCKED
+            await self._record_verdict(entry_id, plan, gates.Verdict(status, str(error), "prepare"), started)
+            return
+
+        # The claim and its WAIT on one connection: WAIT counts only what its own connection wrote, so
+        # on another pooled connection it could confirm an older write while the claim is not on a replica.
+        async with self.redis.client() as connection:
+            claim = await self._claim_waiting_for_permits(plan, entry_id, connection)
+            verdict = gates.claim_verdict(claim)
+            if verdict is not None:
+                _count_denial(claim)
+                await self._record_verdict(entry_id, plan, verdict, started)
+                return
+            if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
+                metrics.p33_permit_allow_total.inc()
+            await self._confirm_replicated(plan, connection)
+
+        prepared = self.executor.refreshed(plan, prepared)
+        outcomes: list[StepOutcome] = []
+        try:
+            await self._execute(
+                plan, entry_id, claim, prepared, outcomes, resumed=recovered or claim.kind == "resume"
+            )
+        except RedisUnavailable:
+            raise  # the claim stays, and the plan resumes with a lookup once Redis answers
+        except (RedisError, OSError) as error:  # e.g. the exchange limiter: nothing was sent
+            redis_failed(error)
+            raise RedisUnavailable(f"sending failed: {error}") from error
+        except Exception as error:
+            # Whatever broke, orders may be out: the result says which steps were sent and what failed.
+            log.exception("plan %s: step %d failed unexpectedly", plan.plan_id, len(outcomes))
+            outcomes.append(await self.executor.settle_unexpected(plan, len(outcomes), error))
+        result = _result_of(plan, outcomes)
+        await self._record(entry_id, result, started, claim_mark=claim.mark)
+        if plan.emergency:
+            metrics.apply_emergency_close_total.labels(result.status).inc()
+
+    async def _still_pending(self, entry_id: str) -> bool:
+        """A plan read as pending (after an outage, or taken over) may have been recorded and acked
+        while it waited for a slot or its symbol's turn: handling it again would give it a second
+        result, or run a plan already recorded as halted."""
+        with redis_guard("XPENDING"):
+            pending = await self.redis.xpending_range(
+                keys.PLAN_STREAM, self.settings.consumer_group, min=entry_id, max=entry_id, count=1
+            )
+        return bool(pending)
+
+    async def _confirm_replicated(self, plan: Plan, connection: Redis) -> None:
+        """With replicas (Sentinel), the claim must be on one before the order goes out: a failover
+        then keeps the mark, and the plan resumes with a lookup instead of a second order."""
+        wanted = self.settings.redis_wait_replicas
+        if not wanted:
+            return
+        with redis_guard("WAIT"):
+            acked = await connection.wait(wanted, self.settings.redis_wait_timeout_ms)
+        if acked < wanted:
+            raise RedisUnavailable(
+                f"claim of {plan.plan_id} reached {acked} of {wanted} replicas; not sending"
+            )
+
+    async def _record_verdict(
+        self, entry_id: str, plan: Plan, verdict: gates.Verdict, started: float
+    ) -> None:
+        gates.count_risk_block(verdict)
+        if plan.emergency:
+            metrics.apply_emergency_close_total.labels(verdict.status).inc()
+        await self._record(
+            entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
+        )
+
+    async def _claim_waiting_for_permits(self, plan: Plan, entry_id: str, connection: Redis) -> ClaimResult:
+        waited_from = time.perf_counter()
+        deadline = time.monotonic() + self.settings.permit_timeout_s
+        permit_keys = [keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id)]
+        async with self.permits.watching(permit_keys) as changed:
+            while True:
+                changed.clear()
+                claim = await self._claim(plan, entry_id, connection)
+                if claim.kind != "permit_missing":
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        if not self.settings.testnet:
+            waited = time.perf_counter() - waited_from
+            metrics.permit_wait_ms.observe(waited * 1000)
+            metrics.apply_permit_wait_seconds.observe(waited)
+        return claim
+
+    async def _claim(self, plan: Plan, entry_id: str, connection: Redis) -> ClaimResult:
+        with redis_guard("claim"):
+            reply = await self.scripts.claim(
+                keys=claim_keys(plan.plan_id, plan.symbol),
+                args=claim_args(plan, entry_id, self.settings),
+                client=connection,
+            )
+        return ClaimResult.from_script(reply)
+
+    async def _execute(
+        self,
+        plan: Plan,
+        entry_id: str,
+        claim: ClaimResult,
+        prepared: Prepared,
+        outcomes: list[StepOutcome],
+        resumed: bool,
+    ) -> None:
+        """One outcome per step tried, appended as each settles (so a failure keeps the earlier ones)."""
+        for index in range(len(plan.steps)):
+            if index > 0:
+                # A halt set while earlier steps were sending stops the steps not yet sent.
+                again = await self._claim(plan, entry_id, self.redis)
+                if again.kind != "resume":
+                    reason = gates.claim_verdict(again)
+                    detail = reason.reason if reason else again.kind
+                    outcomes.append(_not_sent(plan, index, StepStatus.HALTED, detail))
+                    break
+            outcome = await self.executor.run(plan, index, claim.p33_permit, resumed, prepared)
+            prepared = prepared.after(outcome)
+            outcomes.append(outcome)
+            if outcome.status in STOPS_THE_PLAN:
+                break  # fail closed: later steps assumed this one worked
+
+    async def dead_letter(self, entry_id: str, fields: RawFields, error: PlanError, started: float) -> None:
+        """The entry goes to the dead-letter stream byte for byte, plus `dlq_reason`."""
+        log.warning("plan %s dead-lettered: %s", entry_id, error)
+        result = Result(
+            printable_name(fields.get(b"plan_id")),
+            printable_name(fields.get(b"symbol")),
+            ResultStatus.DEAD_LETTER,
+            str(error),
+        )
+        dead_letter = {**fields, b"dlq_reason": str(error).encode()}
+        if await self._record(entry_id, result, started, dead_letter=dead_letter):
+            metrics.apply_dead_letters_total.labels(error.reason).inc()
+
+    async def _record(
+        self,
+        entry_id: str,
+        result: Result,
+        started: float,
+        claim_mark: dict[str, object] | None = None,
+        dead_letter: RawFields | None = None,
+    ) -> bool:
+        """Retried until Redis takes it: once an order went out, its result must not be lost.
+        False when the entry had been recorded before (a replay): nothing is counted twice."""
+        backoff = Backoff()
+        while True:
+            try:
+                recorded = await self.recorder.record(
+                    entry_id, result, time.perf_counter() - started, claim_mark, dead_letter
+                )
+                break
+            except (RedisError, OSError) as error:
+                redis_failed(error)
+                if claim_mark is None:  # nothing was sent: leave it pending, it is safe to redo
+                    raise RedisUnavailable(f"recording failed: {error}") from error
+                log.warning("recording plan %s failed, retrying: %s", result.plan_id, error)
+                await asyncio.sleep(backoff.next_delay())
+        if not recorded:
+            log.info("entry %s had been recorded before (replayed); acknowledged only", entry_id)
+            return False
+        metrics.apply_executed_total.labels(result.status).inc()
+        metrics.apply_plan_duration_seconds.observe(time.perf_counter() - started)
+        log.info(
+            "plan handled",
+            extra={"plan_id": result.plan_id, "status": result.status, "reason": result.reason},
+        )
+        return True
+
+
+def _result_of(plan: Plan, outcomes: list[StepOutcome]) -> Result:
+    placed = sum(outcome.placed for outcome in outcomes)
+    last = outcomes[-1]
+    steps = [outcome.as_dict() for outcome in outcomes]
+    short = [outcome for outcome in outcomes if outcome.placed and not outcome.complete]
+    if placed == len(plan.steps) and not short:
+        return Result(plan.plan_id, plan.symbol, ResultStatus.EXECUTED, "", steps)
+    if short:
+        # The exchange filled less than asked (EXPIRED, price protection): never `executed`.
+        first = short[0]
+        reason = (
+            f"step {first.index} filled {first.filled_qty:g} of {first.quantity:g} ({first.exchange_status})"
+        )
+        return Result(plan.plan_id, plan.symbol, ResultStatus.PARTIAL, reason, steps)
+    if placed:
+        reason = f"step {last.index} {last.status}: {last.detail}"
+        return Result(plan.plan_id, plan.symbol, ResultStatus.PARTIAL, reason, steps)
+    if all(outcome.status == StepStatus.NOTHING_TO_DO for outcome in outcomes):
+        return Result(plan.plan_id, plan.symbol, ResultStatus.SKIPPED, f"nothing_to_do: {last.detail}", steps)
+    # Held back by the exchange's limits: nothing went out, like a gate that blocked it.
+    status = _NOTHING_SENT.get(last.status, ResultStatus.ERROR)
+    return Result(plan.plan_id, plan.symbol, status, f"step {last.index} {last.status}: {last.detail}", steps)
+
+
+# The plan's status when nothing went out, by its last step's status (anything else: error).
+_NOTHING_SENT = {
+    StepStatus.HALTED: ResultStatus.HALTED,
+    StepStatus.BLOCKED: ResultStatus.BLOCKED,
+    StepStatus.HELD_BACK: ResultStatus.BLOCKED,
+}
+
+
+def _not_sent(plan: Plan, index: int, status: StepStatus, detail: str) -> StepOutcome:
+    return StepOutcome(
+        index, plan.steps[index].kind, status, client_order_id(plan.plan_id, index), detail=detail
+    )
+
+
+def _count_denial(claim: ClaimResult) -> None:
+    if claim.kind == "permit_missing":
+        for missing in claim.detail.split(","):
+            counter = metrics.governor_block_total if missing == "governor" else metrics.p33_permit_deny_total
+            counter.labels("timeout").inc()
+    elif claim.kind == "denied":
+        which, _, reason = claim.detail.partition(":")
+        counter = metrics.governor_block_total if which == "governor" else metrics.p33_permit_deny_total
+        counter.labels(_label(reason)).inc()
+
+
+def _label(reason: str) -> str:
+    """Keep label values few: free text from upstream would make a series per message."""
+    cleaned = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in reason.lower())[:40]
+    return cleaned or "unspecified"
