@@ -14,10 +14,12 @@ from quantum_apply_layer.gates import (
     freshness_gate,
     notional_gate,
     position_side_gate,
+    switch_gate,
 )
 from quantum_apply_layer.metrics import REGISTRY
 from quantum_apply_layer.plan import parse_plan
 from quantum_apply_layer.statuses import ResultStatus
+from quantum_apply_layer.switch import SwitchState
 
 
 @pytest.mark.parametrize(
@@ -174,3 +176,35 @@ def test_a_timestamp_in_milliseconds_is_blocked_not_trusted() -> None:
     assert verdict is not None
     assert verdict.status == "blocked"
     assert "epoch seconds expected" in verdict.reason
+
+
+STOP_STEP = '[{"step": "UPDATE_SL", "type": "stop_loss_order", "price": 40000}]'
+RUNNING, HALTED, REDUCE_ONLY, INVALID = (
+    SwitchState.RUNNING,
+    SwitchState.HALTED,
+    SwitchState.REDUCE_ONLY,
+    SwitchState.INVALID,
+)
+
+
+@pytest.mark.parametrize(
+    ("fields", "global_state", "symbol_state", "reason"),
+    [
+        ({}, RUNNING, RUNNING, None),
+        ({}, HALTED, RUNNING, "kill switch global:halted"),
+        ({}, RUNNING, INVALID, "kill switch symbol:invalid"),
+        ({}, REDUCE_ONLY, RUNNING, None),  # a close only reduces
+        (
+            {"action": "UPDATE_SL", "steps": STOP_STEP},
+            REDUCE_ONLY,
+            RUNNING,
+            "kill switch global:reduce_only: plan has a non-reducing step",
+        ),
+        ({"emergency": "true", "emergency_side": "SELL"}, HALTED, HALTED, None),  # the operator's close
+    ],
+)
+def test_switch_gate_reads_the_switches_as_the_claim_does(
+    fields: dict[str, str], global_state: SwitchState, symbol_state: SwitchState, reason: str | None
+) -> None:
+    verdict = switch_gate(parse_plan(plan_fields("p1", **fields)), global_state, symbol_state)
+    assert (verdict.reason if verdict else None) == reason

@@ -182,10 +182,24 @@ async def test_a_stale_stream_falls_back_to_a_lookup_before_the_next_plan(
     assert lookups("awaiting_fill") == looked_up + 1
 
 
+@pytest.mark.parametrize(
+    ("switch", "status", "reason"),
+    [(None, "error", "position_unknown"), ("true", "halted", "kill switch global:halted")],
+    ids=["running", "halted"],
+)
 async def test_an_unreachable_exchange_with_the_stream_down_claims_nothing(
-    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory, proxy: DelayProxy
+    redis: Redis,
+    emulator: ExchangeEmulator,
+    running_service: ServiceFactory,
+    proxy: DelayProxy,
+    switch: str | None,
+    status: str,
+    reason: str,
 ) -> None:
+    """Fail closed: nothing claimed. While the switch halts, the outage is not the reason: the halt is."""
     emulator.set_positions({"BTCUSDT": 0.8})
+    if switch is not None:
+        await redis.set(keys.GLOBAL_SWITCH, switch)
     url = f"http://127.0.0.1:{proxy.port}"
     async with running_service(APPLY_EXCHANGE_URL=url, **QUIET) as service:
         await fresh(service)
@@ -194,8 +208,8 @@ async def test_an_unreachable_exchange_with_the_stream_down_claims_nothing(
         await plan(redis, "blind")
         result = (await wait_for_results(redis, 1))["blind"]
         proxy.restore()
-    assert result["status"] == "error", result
-    assert result["reason"].startswith("position_unknown"), result
+    assert result["status"] == status, result
+    assert result["reason"].startswith(reason), result
     assert emulator.orders() == []
     assert "claimed_at" not in json.loads(await redis.get(keys.dedupe_mark("blind")))  # never claimed
     assert await redis.get(keys.governor_permit("blind")) is not None  # permits not consumed

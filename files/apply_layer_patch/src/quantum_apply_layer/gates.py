@@ -1,7 +1,8 @@
 """What can stop an order: every gate, in the order a plan meets it. Each answers None (pass) or the
 Verdict that stops the plan (or the step), and each is a pure function, testable alone.
 
-Before the claim:   decision_gate, freshness_gate
+Before the claim:   decision_gate, freshness_gate; switch_gate only when the position cannot be known
+                    (the claim would refuse a halted plan anyway: this names the halt, not the outage)
 The claim:          claim_verdict, the answer of claim.lua (claim.py), which checks in one atomic step
                     the global and symbol switches, the dedupe mark, the order-rate limits and both
                     permits (consumed together, once), or an operator's emergency token
@@ -19,6 +20,7 @@ from . import metrics
 from .claim import ClaimResult
 from .plan import Plan
 from .statuses import ResultStatus
+from .switch import SEVERITY, SwitchState
 
 # How far ahead of this host a plan's timestamp may be: clock skew between upstream's host and ours.
 MAX_FUTURE_S = 5.0
@@ -63,6 +65,25 @@ def freshness_gate(plan: Plan, now: float, max_age_s: float) -> Verdict | None:
             f"from_future: timestamp {plan.timestamp:.3f} is {-age:.0f}s ahead of this host's clock "
             f"(limit {MAX_FUTURE_S:.0f}s; epoch seconds expected)",
             "stale",
+        )
+    return None
+
+
+def switch_gate(plan: Plan, global_state: SwitchState, symbol_state: SwitchState) -> Verdict | None:
+    """The switches as claim.lua reads them, for a plan that cannot reach the claim: while the exchange
+    cannot say what the position is, a plan the switch stops is recorded halted, not as an error."""
+    if plan.emergency:
+        return None  # an operator's emergency close does not wait for the switch
+    scope, state = "global", global_state
+    if SEVERITY[symbol_state] > SEVERITY[global_state]:
+        scope, state = "symbol", symbol_state
+    if state in (SwitchState.HALTED, SwitchState.INVALID):
+        return Verdict(ResultStatus.HALTED, f"kill switch {scope}:{state}", "switch")
+    if state == SwitchState.REDUCE_ONLY and not plan.only_reduces:
+        return Verdict(
+            ResultStatus.REDUCE_ONLY_BLOCKED,
+            f"kill switch {scope}:{state}: plan has a non-reducing step",
+            "switch",
         )
     return None
 

@@ -19,6 +19,7 @@ from . import gates, keys, metrics
 from .backoff import Backoff
 from .claim import ClaimResult, claim_args, claim_keys
 from .config import Settings
+from .decoding import optional_text
 from .entry import RawFields, decode_entry, printable_name
 from .exchange import client_order_id
 from .execution import PositionUnknown, Prepared, StepExecutor, StepOutcome
@@ -29,6 +30,7 @@ from .records import Recorder, Result
 from .redis_guard import RedisUnavailable, redis_failed, redis_guard
 from .scripts import Scripts
 from .statuses import STOPS_THE_PLAN, ResultStatus, StepStatus
+from .switch import parse_switch
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,7 @@ class PlanPipeline:
             with redis_guard("preparing"):  # the exchange limiter's count lives in Redis
                 prepared = await self.executor.prepare(plan)
         except (PositionUnknown, FilterError) as error:
-            unknown = isinstance(error, PositionUnknown) and not error.held_back
-            status = ResultStatus.ERROR if unknown else ResultStatus.BLOCKED
-            await self._record_verdict(entry_id, plan, gates.Verdict(status, str(error), "prepare"), started)
+            await self._record_verdict(entry_id, plan, await self._unprepared(plan, error), started)
             return
 
         # The claim and its WAIT on one connection: WAIT counts only what its own connection wrote, so
@@ -122,6 +122,20 @@ class PlanPipeline:
         await self._record(entry_id, result, started, claim_mark=claim.mark)
         if plan.emergency:
             metrics.apply_emergency_close_total.labels(result.status).inc()
+
+    async def _unprepared(self, plan: Plan, error: PositionUnknown | FilterError) -> gates.Verdict:
+        """Why a plan that could not be prepared stops. A position nobody can read is an error, unless
+        the switch would stop the plan anyway: then the halt is the reason (an outage during a halt)."""
+        if isinstance(error, FilterError) or error.held_back:
+            return gates.Verdict(ResultStatus.BLOCKED, str(error), "prepare")
+        with redis_guard("reading the switch"):
+            raw_global, raw_symbol = await self.redis.mget(
+                keys.GLOBAL_SWITCH, keys.symbol_switch(plan.symbol)
+            )
+        halt = gates.switch_gate(
+            plan, parse_switch(optional_text(raw_global)), parse_switch(optional_text(raw_symbol))
+        )
+        return halt or gates.Verdict(ResultStatus.ERROR, str(error), "prepare")
 
     async def _still_pending(self, entry_id: str) -> bool:
         """A plan read as pending (after an outage, or taken over) may have been recorded and acked
