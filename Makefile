@@ -28,9 +28,9 @@ lint: lint-python lint-ansible lint-shell
 
 lint-python: venv
 	cd $(PKG) && ruff check src tests && ruff format --check src tests && mypy src tests
-	ruff check --config $(PKG)/pyproject.toml ops/tests molecule
-	ruff format --check --config $(PKG)/pyproject.toml ops/tests molecule
-	MYPYPATH=$(PKG)/src mypy --strict --python-version 3.11 ops/tests
+	ruff check --config $(PKG)/pyproject.toml ops/tests molecule roles/apply_layer/filter_plugins
+	ruff format --check --config $(PKG)/pyproject.toml ops/tests molecule roles/apply_layer/filter_plugins
+	MYPYPATH=$(PKG)/src mypy --strict --python-version 3.11 ops/tests roles/apply_layer/filter_plugins
 	ruff check --config $(PKG)/pyproject.toml scripts
 	ruff format --check --config $(PKG)/pyproject.toml scripts
 	mypy --strict --python-version 3.11 scripts

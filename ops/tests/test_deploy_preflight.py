@@ -3,12 +3,12 @@ wheelhouse does not serve: every host stops before anything has changed. Run wit
 on local-connection hosts, in check mode and with a tag no task carries, so only the checks (tagged
 `always`) run: nothing here can change this machine."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from ansible_run import ROOT, ansible_playbook
+
 DEPLOY = ROOT / "playbooks" / "deploy.yml"
 PASSWORD = "preflight-test-0123456789"  # noqa: S105 (a throw-away inventory)
 GROUP_VARS = f"""quantum_environment: lab
@@ -50,11 +50,11 @@ def wheelhouse(root: Path, name: str, targets: list[str] | None) -> Path:
     return path
 
 
-def inventory(root: Path, wheelhouses: dict[str, Path]) -> Path:
-    """Apply hosts named after their wheelhouse, all reached locally."""
+def inventory(root: Path, wheelhouses: dict[str, Path], group_vars: str = "") -> Path:
+    """Apply hosts named after their wheelhouse, all reached locally; `group_vars` override the lab's."""
     path = root / "inventory"
     (path / "group_vars" / "all").mkdir(parents=True)
-    (path / "group_vars" / "all" / "main.yml").write_text(GROUP_VARS)
+    (path / "group_vars" / "all" / "main.yml").write_text(GROUP_VARS + group_vars)
     hosts = "".join(
         f"    {host}:\n      ansible_connection: local\n      ansible_python_interpreter: {sys.executable}\n"
         f"      apply_layer_wheelhouse_dir: {directory}\n"
@@ -65,24 +65,8 @@ def inventory(root: Path, wheelhouses: dict[str, Path]) -> Path:
 
 
 def deploy_checks_only(inventory_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return subprocess.run(  # noqa: S603
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            str(inventory_dir),
-            str(DEPLOY),
-            "--check",
-            "--tags",
-            "no-task-has-this-tag",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        check=False,
+    return ansible_playbook(
+        "-i", str(inventory_dir), str(DEPLOY), "--check", "--tags", "no-task-has-this-tag"
     )
 
 
@@ -124,3 +108,31 @@ def test_a_fleet_the_wheelhouse_serves_passes_the_checks(tmp_path: Path) -> None
     served = checks[0].partition("Check the wheelhouse serves the host's Python and architecture")[2]
     assert "ok: [apply-1]" in served
     assert "ok: [apply-2]" in served
+
+
+def test_production_pointed_at_the_testnet_stops_in_the_checks(tmp_path: Path) -> None:
+    served = wheelhouse(tmp_path, "served", [host_target()])
+    production = (
+        "quantum_environment: production\n"
+        "apply_layer_exchange_url: https://testnet.binancefuture.com\n"
+        "apply_layer_binance_api_key: production-test-key\n"
+        "apply_layer_binance_api_secret: production-test-secret\n"
+    )
+
+    result = deploy_checks_only(inventory(tmp_path, {"apply-1": served}, production))
+
+    assert result.returncode != 0, result.stdout
+    assert "Check production runs no emulator, no smoke test and no testnet" in result.stdout
+    assert "not an emulator or the testnet" in result.stdout
+    assert "PLAY [Deploy Redis and its exporters]" not in result.stdout
+
+
+def test_a_testnet_deploy_pointed_at_the_exchange_stops_in_the_roles_preflight(tmp_path: Path) -> None:
+    served = wheelhouse(tmp_path, "served", [host_target()])
+    testnet = "apply_layer_testnet: true\napply_layer_exchange_url: https://fapi.binance.com\n"
+
+    result = deploy_checks_only(inventory(tmp_path, {"apply-1": served}, testnet))
+
+    assert result.returncode != 0, result.stdout
+    assert "apply_layer_testnet is true, so apply_layer_exchange_url must be the testnet" in result.stdout
+    assert "PLAY [Deploy Redis and its exporters]" not in result.stdout
