@@ -1,7 +1,9 @@
 """The emulator's count of Binance requests by endpoint, for the benchmark's requests and weight per plan.
 
   GET /_emulator/requests   {"GET /fapi/v3/positionRisk": 12, "POST /fapi/v1/order": 5000, ...}
-Reset with the rest of the state (POST /_emulator/reset).
+A list asked for every symbol at once (no `symbol`) is counted apart, as "GET /fapi/v3/positionRisk
+(every symbol)": that is a reconciliation, not a plan's lookup. Reset with the rest of the state
+(POST /_emulator/reset).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from aiohttp import web
 from quantum_apply_layer.emulator_state import AccountChange, ExchangeState
 
 _BINANCE_PREFIXES = ("/fapi/", "/ws/")
+_LISTS_EVERY_SYMBOL = frozenset({"/fapi/v2/positionRisk", "/fapi/v3/positionRisk", "/fapi/v1/openAlgoOrders"})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -32,6 +35,8 @@ class RequestCounter:
             if request.path.startswith(_BINANCE_PREFIXES):
                 route = request.match_info.route.resource
                 name = route.canonical if route is not None else request.path
+                if name in _LISTS_EVERY_SYMBOL and "symbol" not in request.rel_url.query:
+                    name += " (every symbol)"
                 self._counts[f"{request.method} {name}"] += 1
             return await handler(request)
 
