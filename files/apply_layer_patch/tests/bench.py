@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import json
 import math
 import os
 import platform
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import aiohttp
+from binance_signing import close_params, rest_order_body, ws_api_request
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
 from plans import grant_permits, plan_fields, results
 from redis.asyncio import Redis
@@ -55,6 +57,7 @@ from test_faults import SYMBOLS, load_plans
 
 from quantum_apply_layer import keys
 from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS
+from quantum_apply_layer.emulator_ws_api import PATH as WS_API_PATH
 
 DISTANCES_MS = (0, 10, 50)  # one-way delay to the exchange
 HALT_TRIALS = 5  # per distance
@@ -68,6 +71,7 @@ RATE_PLANS = 5000
 RATE_PLANS_AT_DISTANCE = 1000  # 5 symbols, one plan each per round trip: 50 plans/s at 50 ms
 # Requests the service makes whatever the plans: the reconciliation, the listen key, the clock.
 BACKGROUND_MARKS = ("(every symbol)", "/listenKey", "GET /fapi/v1/time", "GET /ws/")
+DOOR_TRIALS = 200  # orders per door per distance, one at a time, the doors alternated
 BACKGROUND_WINDOW_S = 30.0  # no plans: 6 reconciliations at the default 5 s
 STREAM_SETTLE_S = 1.0  # after the warm-up plans: the user data stream connected and reconciled
 EVAL_REQUESTS = 100_000
@@ -322,6 +326,43 @@ async def halt_trial(lab: Lab, trial: int) -> HaltTrial:
     return HaltTrial(max(after, default=0.0) * 1000, len(after), int(marks_after) - int(marks_at_set))
 
 
+async def door_latencies(lab: Lab) -> dict[str, list[float]]:
+    """One order at a time by each door, alternated, through the same proxy: send -> the emulator has it,
+    less d. Both are signed before the clock starts; what is left is the door: HTTP on a kept-alive
+    connection (what the product does, less ccxt's ~0.05 ms) or `order.place` on a held websocket."""
+    assert lab.proxy is not None
+    await lab.reset()
+    proxy = lab.proxy
+    sent_at: dict[str, tuple[str, float]] = {}
+    headers = {"X-MBX-APIKEY": EMULATOR_API_KEY, "Content-Type": "application/x-www-form-urlencoded"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(proxy.url.replace("http://", "ws://") + WS_API_PATH) as socket,
+    ):
+        for n in range(-1, DOOR_TRIALS):  # -1: both connections opened and warm before the first trial
+            body = rest_order_body(close_params(f"door-http-{n}"))
+            started = time.monotonic()
+            async with session.post(f"{proxy.url}/fapi/v1/order", data=body, headers=headers) as response:
+                if response.status != 200:
+                    raise BenchBroken(f"HTTP order: {response.status} {await response.text()}")
+            sent_at[f"door-http-{n}"] = ("HTTP keep-alive, POST /fapi/v1/order", started)
+            request = json.dumps(ws_api_request(str(n), close_params(f"door-ws-{n}")))
+            started = time.monotonic()
+            await socket.send_str(request)
+            answer = json.loads(await socket.receive_str(timeout=5))
+            if answer.get("status") != 200:
+                raise BenchBroken(f"websocket API order: {answer}")
+            sent_at[f"door-ws-{n}"] = ("websocket API, order.place", started)
+    arrivals = await lab.emulator.accepted_orders()
+    latencies: dict[str, list[float]] = {}
+    for client_order_id, (door, started) in sent_at.items():
+        if not client_order_id.endswith("--1"):
+            latencies.setdefault(door, []).append(
+                (arrivals[client_order_id] - started) * 1000 - proxy.delay_ms
+            )
+    return latencies
+
+
 @dataclass(frozen=True)
 class PermitTrials:
     departures_ms: list[float]  # permits SET -> the order's bytes leave the service
@@ -493,6 +534,7 @@ class AtDistance:
     halts: list[HaltTrial]
     permits: PermitTrials
     runs: list[RateRun]
+    doors: dict[str, list[float]]
     proxy_report: str
 
 
@@ -553,6 +595,13 @@ def print_table(
         rate = statistics.median(run.plans_per_s for run in at.runs)
         rows.append((d, "plans/s through all gates", f"{rate:.0f}", "-", "-", "-"))
     print_rows(rows)
+    print("The order's door: send -> the emulator has the order, less d, one order at a time (ms)")
+    doors = [("one-way delay d", "door", "p50", "p99", "max")]
+    for at in distances:
+        for door, values in at.doors.items():
+            low, high = statistics.median(values), p99(values)
+            doors.append((f"{at.delay_ms} ms", door, f"{low:.2f}", f"{high:.2f}", f"{max(values):.2f}"))
+    print_rows(doors)
     per_minute, spent = background
     listed = ", ".join(f"{name} {count}" for name, count in sorted(spent.items()))
     print(
@@ -631,7 +680,8 @@ async def at_distance(lab: Lab, delay_ms: int, evals: list[float]) -> AtDistance
                 evals.append(eval_per_second(lab.redis_server.port))
         else:
             runs.append(await timed(f"{tag} rate run", rate_run, lab, 0, RATE_PLANS_AT_DISTANCE))
-    return AtDistance(delay_ms, halts, permits, runs, proxy.report)
+        doors = await timed(f"{tag} {DOOR_TRIALS} orders by each door", door_latencies, lab)
+    return AtDistance(delay_ms, halts, permits, runs, doors, proxy.report)
 
 
 async def measure(directory: Path) -> None:
