@@ -72,6 +72,7 @@ RATE_PLANS_AT_DISTANCE = 1000  # 5 symbols, one plan each per round trip: 50 pla
 # Requests the service makes whatever the plans: the reconciliation, the listen key, the clock.
 BACKGROUND_MARKS = ("(every symbol)", "/listenKey", "GET /fapi/v1/time", "GET /ws/")
 DOOR_TRIALS = 200  # orders per door per distance, one at a time, the doors alternated
+RECONCILIATION = "GET /fapi/v3/positionRisk (every symbol)"
 BACKGROUND_WINDOW_S = 30.0  # no plans: 6 reconciliations at the default 5 s
 STREAM_SETTLE_S = 1.0  # after the warm-up plans: the user data stream connected and reconciled
 EVAL_REQUESTS = 100_000
@@ -502,8 +503,12 @@ async def background_weight_per_minute(lab: Lab) -> tuple[float, Counter[str]]:
     the plan rate (the reconciliation, the listen key's keep-alive, the clock)."""
     await lab.reset()
     async with lab.service():
-        await asyncio.sleep(STREAM_SETTLE_S)  # connected and reconciled once: the start-up is not counted
-        before = await lab.emulator.request_counts()
+        # Started, connected and reconciled once: the start-up is not counted.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (before := await lab.emulator.request_counts())[RECONCILIATION]:
+            if time.monotonic() > deadline:
+                raise BenchBroken(f"no reconciliation within {START_TIMEOUT_S:g}s of the service's start")
+            await asyncio.sleep(POLL_S)
         await asyncio.sleep(BACKGROUND_WINDOW_S)
         spent = await lab.emulator.request_counts() - before
     if plan_path(spent):
