@@ -5,21 +5,25 @@ process, and the service as `quantum-apply-layer run` in its own process (TESTNE
 so neither shares a GIL with this script. Times are taken on CLOCK_MONOTONIC, which is system-wide on
 Linux: the emulator stamps every order it receives with it, so its stamps compare with ours.
 
-1. switch SET -> last order started: plans flow, the global switch is SET; the latency runs from just
-   before the SET is sent to the last order the exchange accepted after it (0 when none). Claims after
-   the SET are counted, too: the dedupe marks counted in the SET's own MULTI against those after the
-   drain (must be 0).
-2. permit arrival -> order sent: a plan waits for its permits; both are SET in one MULTI; the latency
-   is the emulator's arrival stamp of the plan's order.
+1. switch SET -> last order leaves the host: plans flow, the global switch is SET; the latency runs from
+   just before the SET is sent to the last order whose bytes left the service after it (0 when none).
+   Claims after the SET are counted, too: the dedupe marks that carry a claim, counted in the SET's own
+   MULTI against those after the drain (must be 0).
+2. permit arrival -> order leaves the host: a plan waits for its permits; both are SET in one MULTI.
 3. plans/s through all gates, from the first plan's start to the last result (a preloaded backlog),
    and that rate against `redis-benchmark` EVAL throughput on the same Redis, in the same run; with
    the CPU each process spends per plan, and how busy the whole machine was, to say what limits it.
+4. the order's door: one order at a time over kept-alive HTTP (POST /fapi/v1/order) and over a held
+   websocket (the websocket API's order.place), alternated: send -> the emulator has the order, less d.
 
 Each is measured with the exchange at a distance: the service reaches the emulator through a delay proxy
 (tests/delay_proxy.py, in its own process) that holds every byte `d` each way, for d = 0, 10 and 50 ms in
-one run. Latencies are printed less d, the order's own one-way trip: what remains is what the gate adds.
-Requests and weight per plan are the emulator's count of Binance requests during the steady part of the
-rate runs (Binance's weights: positionRisk 5, the rest 1), divided by the plans handled meanwhile.
+one run. Where an order's bytes leave the service is stamped by the proxy as it reads them, before its
+own timers and the emulator's parsing: that time less the start is what the gate adds, whatever d.
+Requests and weight per plan are the emulator's count of Binance requests on a plan's path during the
+steady part of the rate runs (Binance's IP weights, from the emulator's cost table), divided by the
+plans handled meanwhile; the background (the reconciliation, the listen key, the clock) is measured
+apart, with no plan for BACKGROUND_WINDOW_S, as a weight per minute.
 
 Benchmarks never fail on a time: the exit status is 1 only when something broke (a wrong count of
 orders or results, a claim after the SET, a process that would not start or stop).
