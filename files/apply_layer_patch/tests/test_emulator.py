@@ -575,3 +575,14 @@ async def _wait_for_info(http: aiohttp.ClientSession, base: str, process: asynci
         except aiohttp.ClientConnectionError:
             await asyncio.sleep(0.05)
     pytest.fail("the emulator never answered")
+
+
+async def test_a_list_of_every_symbol_is_counted_apart_from_a_lookup_of_one(
+    emulator: ExchangeEmulator, http: aiohttp.ClientSession
+) -> None:
+    """The benchmark tells the reconciliation from a plan's lookup by this name."""
+    await signed(http, "GET", f"{emulator.base_url}/fapi/v3/positionRisk", {})
+    await signed(http, "GET", f"{emulator.base_url}/fapi/v3/positionRisk", {"symbol": "BTCUSDT"})
+    async with http.get(f"{emulator.base_url}/_emulator/requests") as response:
+        counts = await response.json()
+    assert counts == {"GET /fapi/v3/positionRisk (every symbol)": 1, "GET /fapi/v3/positionRisk": 1}

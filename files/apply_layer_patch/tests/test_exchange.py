@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,8 +14,10 @@ from typing import Any, Literal
 import pytest
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
 from redis.asyncio import Redis
+from test_position_stream import requests
 
 import quantum_apply_layer
+from quantum_apply_layer import exchange as exchange_module
 from quantum_apply_layer import metrics
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS as EMULATED_COSTS
@@ -337,6 +340,19 @@ async def test_a_clock_jump_resyncs_once_and_retries_only_the_lookup(
     assert [o.status for o in emulator.orders()] == []  # refused before the book: nothing to look up
     ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-jump-1")  # resynced meanwhile
     assert ack.status == "FILLED"
+
+
+async def test_an_order_never_waits_for_the_clock_the_next_lookup_measures_it(
+    emulator: ExchangeEmulator, exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    monkeypatch.setattr(exchange_module, "_CLOCK_REFRESH_S", 0.0)  # the clock is due at every call
+    before = await requests(emulator)
+    await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-clock-due-0")
+    after_order = await requests(emulator)
+    assert after_order - before == Counter({"POST /fapi/v1/order": 1})  # the order alone, after the claim
+    await exchange.position("BTCUSDT")
+    assert (await requests(emulator) - after_order)["GET /fapi/v1/time"] == 1
 
 
 async def test_an_account_in_hedge_mode_is_refused_at_open(emulator: ExchangeEmulator) -> None:

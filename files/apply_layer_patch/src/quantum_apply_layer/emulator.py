@@ -11,6 +11,9 @@ conditional types get -4120), /fapi/v1/algoOrder (CONDITIONAL STOP_MARKET / TAKE
 stay open: stops never trigger here); signed DELETE /fapi/v1/algoOrder. Weights and order counts are
 those of `emulator_limits.ENDPOINT_COSTS`.
 
+The websocket API's `order.place` (emulator_ws_api.py) takes orders at /ws-fapi/v1 as POST
+/fapi/v1/order does.
+
 Control endpoints (not Binance, unauthenticated, hence loopback only by default):
   GET  /_emulator/info                  {"emulator": "quantum-exchange-emulator", "version": ...}
   GET  /_emulator/orders                every order POST received (plain and algo), in arrival order
@@ -36,8 +39,6 @@ Control endpoints (not Binance, unauthenticated, hence loopback only by default)
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -55,22 +56,20 @@ from aiohttp.typedefs import Middleware
 
 from quantum_apply_layer import __version__
 from quantum_apply_layer.config import ConfigError, is_loopback_host, load_credentials
+from quantum_apply_layer.emulator_auth import check_api_key, check_signature, check_timestamp
 from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS
 from quantum_apply_layer.emulator_markets import MARKETS, exchange_info, leverage_brackets
+from quantum_apply_layer.emulator_orders import Placer, take_order
 from quantum_apply_layer.emulator_requests import RequestCounter
 from quantum_apply_layer.emulator_state import BinanceError, ExchangeState, Faults, OrderLogEntry
 from quantum_apply_layer.emulator_user_stream import UserStreamServer, json_object
+from quantum_apply_layer.emulator_ws_api import WebSocketApi
 
 EMULATOR_NAME = "quantum-exchange-emulator"
-_DEFAULT_RECV_WINDOW_MS = 5_000
-_MAX_RECV_WINDOW_MS = 60_000
-# Binance accepts a timestamp up to one second ahead of its clock.
-_FUTURE_TOLERANCE_MS = 1_000
 
 log = logging.getLogger(__name__)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_Placer = Callable[[Mapping[str, str], float], dict[str, Any]]
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -80,7 +79,7 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 def _binance_error(error: BinanceError) -> web.Response:
-    return _json({"code": error.code, "msg": error.msg}, status=error.http_status)
+    return _json(error.body(), status=error.http_status)
 
 
 def _split_signature(raw: str) -> tuple[str, str | None]:
@@ -122,41 +121,11 @@ class _BinanceApi:
         body, body_signature = _split_signature(raw_body)
         params = _form_fields(query)
         params.update(_form_fields(body))
-        key = request.headers.get("X-MBX-APIKEY")
-        if not key:
-            raise BinanceError(401, -2014, "API-key format invalid.")
-        if not hmac.compare_digest(key.encode(), self._api_key.encode()):
-            raise BinanceError(401, -2015, "Invalid API-key, IP, or permissions for action.")
-        self._check_timestamp(params, self._state.server_time_ms())
-        signature = query_signature or body_signature
-        if not signature:
-            raise BinanceError(
-                400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
-            )
+        check_api_key(request.headers.get("X-MBX-APIKEY"), self._api_key)
+        check_timestamp(params, self._state.server_time_ms())
         # Binance signs the query string and the body concatenated, without a separator.
-        expected = hmac.new(self._secret, (query + body).encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, signature.lower()):
-            raise BinanceError(400, -1022, "Signature for this request is not valid.")
+        check_signature(self._secret, query + body, query_signature or body_signature)
         return params
-
-    @staticmethod
-    def _check_timestamp(params: Mapping[str, str], server_time: int) -> None:
-        try:
-            timestamp = int(params["timestamp"])
-        except (KeyError, ValueError):
-            raise BinanceError(
-                400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
-            ) from None
-        try:
-            recv_window = int(params.get("recvWindow", _DEFAULT_RECV_WINDOW_MS))
-        except ValueError:
-            raise BinanceError(
-                400, -1102, "Mandatory parameter 'recvWindow' was not sent, was empty/null, or malformed."
-            ) from None
-        if not 0 < recv_window <= _MAX_RECV_WINDOW_MS:
-            raise BinanceError(400, -1131, "recvWindow must be less than 60000")
-        if timestamp >= server_time + _FUTURE_TOLERANCE_MS or server_time - timestamp > recv_window:
-            raise BinanceError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
 
     def signed(self, answer: Callable[[Mapping[str, str]], Any]) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -167,32 +136,22 @@ class _BinanceApi:
 
         return handle
 
-    def order_post(self, place: _Placer) -> _Handler:
+    def order_post(self, place: Placer) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             received = time.monotonic()
             try:
                 params = await self._params(request)
             except BinanceError as error:
                 return _binance_error(error)
-            action, faults = self._state.take_fault()
-            if action == "drop":
-                self._state.record_unanswered(params, received, "DROPPED", None)
+            answer = take_order(self._state, place, params, received)
+            if answer.dropped:
                 if request.transport is not None:
                     request.transport.abort()
                 # The client has lost its connection; this response is never written.
                 return web.Response(status=503)
-            if action == "fail":
-                self._state.record_unanswered(params, received, "REJECTED", faults.fail_code)
-                return _json(
-                    {"code": faults.fail_code, "msg": faults.fail_msg}, status=faults.fail_http_status
-                )
-            try:
-                order = place(params, received)
-            except BinanceError as error:
-                return _binance_error(error)
-            if faults.latency_ms:
-                await asyncio.sleep(faults.latency_ms / 1000)
-            return _json(order)
+            if answer.late_s:
+                await asyncio.sleep(answer.late_s)
+            return _json(answer.body, status=answer.status)
 
         return handle
 
@@ -303,7 +262,9 @@ def build_app(state: ExchangeState, api_key: str, api_secret: str) -> web.Applic
         return leverage_brackets(MARKETS[symbol])
 
     app = web.Application(middlewares=[_limits_middleware(state)])
-    RequestCounter(state).register(app)
+    counter = RequestCounter(state)
+    counter.register(app)
+    WebSocketApi(state, api_key, api_secret, counter).register(app)
     UserStreamServer(state, api_key).register(app)
     app.add_routes(
         [

@@ -143,4 +143,7 @@ ENDPOINT_COSTS: dict[tuple[str, str], Cost] = {
     ("POST", "/fapi/v1/listenKey"): Cost(1),
     ("PUT", "/fapi/v1/listenKey"): Cost(1),
     ("DELETE", "/fapi/v1/listenKey"): Cost(1),
+    # The websocket API: connecting weighs 5, each call its own cost ("WS", method).
+    ("GET", "/ws-fapi/v1"): Cost(5),
+    ("WS", "order.place"): Cost(0, orders=1),
 }

@@ -50,6 +50,9 @@ class BinanceError(Exception):
         self.code = code
         self.msg = msg
 
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.msg}
+
 
 def _mandatory(name: str) -> BinanceError:
     return BinanceError(

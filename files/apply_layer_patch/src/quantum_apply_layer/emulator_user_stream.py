@@ -20,7 +20,6 @@ Faults (not Binance, loopback control endpoints like the others):
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import secrets
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from quantum_apply_layer.emulator_auth import check_api_key
 from quantum_apply_layer.emulator_state import AccountChange, BinanceError, ExchangeState, now_ms
 
 LISTEN_KEY_VALIDITY_S = 3600.0
@@ -133,13 +133,6 @@ class UserStreamServer:
         self._mode = "live"
 
     # --- Binance endpoints ----------------------------------------------------------------------------
-    def _check_key(self, request: web.Request) -> None:
-        key = request.headers.get("X-MBX-APIKEY")
-        if not key:
-            raise BinanceError(401, -2014, "API-key format invalid.")
-        if not hmac.compare_digest(key.encode(), self._api_key.encode()):
-            raise BinanceError(401, -2015, "Invalid API-key, IP, or permissions for action.")
-
     def _valid_key(self) -> str | None:
         now = time.monotonic()
         return next((key for key, expiry in self._keys.items() if expiry > now), None)
@@ -149,7 +142,7 @@ class UserStreamServer:
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
-                self._check_key(request)
+                check_api_key(request.headers.get("X-MBX-APIKEY"), self._api_key)
                 return _json(await answer())
             except BinanceError as error:
                 return _json({"code": error.code, "msg": error.msg}, status=error.http_status)

@@ -9,9 +9,10 @@
 - Every request first passes the limits (`exchange_limits`): weight and order counts shared in Redis by
   every process on the account, fed by the `X-MBX-*` headers; after a 429 or a 418 nothing is sent until
   `Retry-After` has passed. ccxt's own throttle stays off: the shared limiter is the one that counts.
-- The clock follows the exchange's (ccxt's `adjustForTimeDifference`, measured again every minute) and
-  every signed request carries an explicit `recvWindow`; a `-1021` measures it again at once, and only a
-  lookup is tried again.
+- The clock follows the exchange's (ccxt's `adjustForTimeDifference`, measured again every minute, before
+  a lookup: the reconciliation reads positions every few seconds, and an order never waits a round trip
+  for the clock) and every signed request carries an explicit `recvWindow`; a `-1021` measures it again
+  at once, and only a lookup is tried again.
 - At start the account must be in one-way position mode: hedge mode is refused (`PositionModeRefused`).
 """
 
@@ -484,6 +485,9 @@ class Exchange:
         absent_is_normal: bool = False,
         emergency: bool = False,
     ) -> T:
+        if endpoint != "time" and time.monotonic() - self._clock_measured_at > _CLOCK_REFRESH_S:
+            with contextlib.suppress(ExchangeError):  # an unreachable exchange fails the lookup itself
+                await self._sync_clock()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(_LOOKUP_ATTEMPTS),
             wait=wait_exponential(multiplier=0.05, max=0.5),
@@ -510,9 +514,6 @@ class Exchange:
         emergency: bool = False,
     ) -> T:
         await self._pass_limits(endpoint, emergency)
-        if endpoint != "time" and time.monotonic() - self._clock_measured_at > _CLOCK_REFRESH_S:
-            with contextlib.suppress(ExchangeError):  # an unreachable exchange fails the request itself
-                await self._sync_clock()
         started = time.perf_counter()
         try:
             result = await call()
