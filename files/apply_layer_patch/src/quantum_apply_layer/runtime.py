@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from prometheus_client import start_http_server
@@ -38,7 +38,7 @@ class StartupError(Exception):
 TLS_QUERY_ARGUMENTS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"})
 
 
-def tls_options(redis_url: str) -> dict[str, object]:
+def tls_options(redis_url: str) -> dict[str, Any]:
     """TLS for the Sentinels and the primary they name, as REDIS_URL asks for the primary:
     `rediss://...?ssl_ca_certs=/path` gives TLS verified with that CA; `redis://` gives plain TCP."""
     url = urlsplit(redis_url)
