@@ -50,11 +50,11 @@ def wheelhouse(root: Path, name: str, targets: list[str] | None) -> Path:
     return path
 
 
-def inventory(root: Path, wheelhouses: dict[str, Path]) -> Path:
+def inventory(root: Path, wheelhouses: dict[str, Path], group_vars: str = GROUP_VARS) -> Path:
     """Apply hosts named after their wheelhouse, all reached locally."""
     path = root / "inventory"
     (path / "group_vars" / "all").mkdir(parents=True)
-    (path / "group_vars" / "all" / "main.yml").write_text(GROUP_VARS)
+    (path / "group_vars" / "all" / "main.yml").write_text(group_vars)
     hosts = "".join(
         f"    {host}:\n      ansible_connection: local\n      ansible_python_interpreter: {sys.executable}\n"
         f"      apply_layer_wheelhouse_dir: {directory}\n"
@@ -124,3 +124,21 @@ def test_a_fleet_the_wheelhouse_serves_passes_the_checks(tmp_path: Path) -> None
     served = checks[0].partition("Check the wheelhouse serves the host's Python and architecture")[2]
     assert "ok: [apply-1]" in served
     assert "ok: [apply-2]" in served
+
+
+def test_a_web_user_with_an_example_password_is_refused_outside_the_lab(tmp_path: Path) -> None:
+    """Prometheus's and Alertmanager's web users are secrets too: an example password stops the deploy,
+    named by its user, never shown."""
+    staging = GROUP_VARS.replace("quantum_environment: lab", "quantum_environment: staging") + (
+        "prometheus_web_users: {operator: preflight-web-0123456789, prometheus: preflight-web-0123456789}\n"
+        "alertmanager_web_users: {operator: example-web-password-0123}\n"
+    )
+    both = wheelhouse(tmp_path, "both", [host_target()])
+
+    result = deploy_checks_only(inventory(tmp_path, {"apply-1": both}, staging))
+
+    assert result.returncode != 0, result.stdout
+    assert "placeholder value" in result.stdout
+    assert "alertmanager_web_users operator" in result.stdout
+    assert "prometheus_web_users" not in result.stdout
+    assert "example-web-password" not in result.stdout

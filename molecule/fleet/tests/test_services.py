@@ -38,7 +38,8 @@ def test_redis_takes_only_tls_and_the_acl_user_from_the_apply_hosts(apply_hosts:
     for name, host in apply_hosts.items():
         assert not host.package("redis-server").is_installed
         # The deployed REDIS_URL names the core host over TLS (counted, so the password is never printed).
-        assert host.check_output("grep -c '^REDIS_URL=rediss://.*@%s:6379/' /etc/quantum/apply-layer.env", CORE) == "1"
+        tls_url = f"^REDIS_URL=rediss://.*@{CORE}:6379/"
+        assert host.check_output("grep -c %s /etc/quantum/apply-layer.env", tls_url) == "1"
         plain = host.run("%s -c %s", RELEASE_PYTHON, PLAIN_LOGIN)
         assert plain.rc != 0, f"{name}: Redis answered a plain TCP login: {plain.stdout}"
         assert "redis.exceptions.ConnectionError" in plain.stderr, plain.stderr

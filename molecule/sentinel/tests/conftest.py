@@ -51,7 +51,8 @@ def _admin_cli(host: Host, port: int, *args: str) -> str:
     """redis-cli as the admin user, over TLS, the only way in (the inventory's fake password; never on a real
     host's command line)."""
     command = host.run(
-        "REDISCLI_AUTH=%s redis-cli --tls --cacert %s -p %s --user admin --no-auth-warning" + " %s" * len(args),
+        "REDISCLI_AUTH=%s redis-cli --tls --cacert %s -p %s --user admin --no-auth-warning"
+        + " %s" * len(args),
         ADMIN_PASSWORD, REDIS_CA, str(port), *args,
     )  # fmt: skip
     assert command.rc == 0, command.stderr
