@@ -25,7 +25,7 @@ from service_process import ServiceProcess
 from test_faults import SYMBOLS, load_plans, order_plan_ids
 
 from quantum_apply_layer import keys
-from quantum_apply_layer.config import load_settings
+from quantum_apply_layer.config import Settings, load_settings
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.runtime import connect_redis
 
@@ -163,6 +163,13 @@ async def test_a_set_switch_survives_the_failover(
     assert emulator.orders() == []
 
 
+async def assert_only_the_first_gets_an_answer(accepted: Settings, refused: Settings) -> None:
+    """Through the Sentinels to the primary: PONG with the first settings, a Redis error with the second."""
+    assert await connect_redis(accepted).ping()
+    with pytest.raises(RedisError):
+        await connect_redis(refused).ping()
+
+
 async def test_sentinels_that_require_a_login_are_asked_with_the_redis_user(tmp_path: Path) -> None:
     """Deployed Sentinels disable their default user; the service logs in with REDIS_URL's user."""
     login = ("user default off", "user apply_layer on >sentinel-test-password ~* &* +@all")
@@ -182,10 +189,8 @@ async def test_sentinels_that_require_a_login_are_asked_with_the_redis_user(tmp_
             "REDIS_SENTINELS": sentinels,
             "APPLY_REDIS_WAIT_REPLICAS": "0",
         })  # fmt: skip
-        assert await connect_redis(with_login).ping()
         without_login = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SENTINELS": sentinels})
-        with pytest.raises(RedisError):
-            await connect_redis(without_login).ping()
+        await assert_only_the_first_gets_an_answer(with_login, without_login)
     finally:
         sentinel.kill()
         primary.kill()
@@ -235,11 +240,8 @@ async def test_sentinels_and_the_primary_are_reached_over_tls_when_redis_url_is_
             "REDIS_SENTINELS": sentinels,
             "APPLY_REDIS_WAIT_REPLICAS": "0",
         })  # fmt: skip
-        client = connect_redis(over_tls)
-        assert await client.ping()
         plain = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SENTINELS": sentinels})
-        with pytest.raises(RedisError):
-            await connect_redis(plain).ping()
+        await assert_only_the_first_gets_an_answer(over_tls, plain)
     finally:
         sentinel.kill()
         primary.kill()
