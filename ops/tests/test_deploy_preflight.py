@@ -136,3 +136,21 @@ def test_a_testnet_deploy_pointed_at_the_exchange_stops_in_the_roles_preflight(t
     assert result.returncode != 0, result.stdout
     assert "apply_layer_testnet is true, so apply_layer_exchange_url must be the testnet" in result.stdout
     assert "PLAY [Deploy Redis and its exporters]" not in result.stdout
+
+
+def test_a_web_user_with_an_example_password_is_refused_outside_the_lab(tmp_path: Path) -> None:
+    """Prometheus's and Alertmanager's web users are secrets too: an example password stops the deploy,
+    named by its user, never shown."""
+    staging = "quantum_environment: staging\n" + (
+        "prometheus_web_users: {operator: preflight-web-0123456789, prometheus: preflight-web-0123456789}\n"
+        "alertmanager_web_users: {operator: example-web-password-0123}\n"
+    )
+    both = wheelhouse(tmp_path, "both", [host_target()])
+
+    result = deploy_checks_only(inventory(tmp_path, {"apply-1": both}, staging))
+
+    assert result.returncode != 0, result.stdout
+    assert "placeholder value" in result.stdout
+    assert "alertmanager_web_users operator" in result.stdout
+    assert "prometheus_web_users" not in result.stdout
+    assert "example-web-password" not in result.stdout

@@ -4,7 +4,9 @@ a restart, stays fail closed while no primary is known, and neither doubles nor 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,12 +20,12 @@ from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis_server import RedisServer, SentinelServer
+from redis_server import RedisServer, SentinelServer, free_port
 from service_process import ServiceProcess
 from test_faults import SYMBOLS, load_plans, order_plan_ids
 
 from quantum_apply_layer import keys
-from quantum_apply_layer.config import load_settings
+from quantum_apply_layer.config import Settings, load_settings
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.runtime import connect_redis
 
@@ -161,6 +163,13 @@ async def test_a_set_switch_survives_the_failover(
     assert emulator.orders() == []
 
 
+async def assert_only_the_first_gets_an_answer(accepted: Settings, refused: Settings) -> None:
+    """Through the Sentinels to the primary: PONG with the first settings, a Redis error with the second."""
+    assert await connect_redis(accepted).ping()
+    with pytest.raises(RedisError):
+        await connect_redis(refused).ping()
+
+
 async def test_sentinels_that_require_a_login_are_asked_with_the_redis_user(tmp_path: Path) -> None:
     """Deployed Sentinels disable their default user; the service logs in with REDIS_URL's user."""
     login = ("user default off", "user apply_layer on >sentinel-test-password ~* &* +@all")
@@ -180,10 +189,59 @@ async def test_sentinels_that_require_a_login_are_asked_with_the_redis_user(tmp_
             "REDIS_SENTINELS": sentinels,
             "APPLY_REDIS_WAIT_REPLICAS": "0",
         })  # fmt: skip
-        assert await connect_redis(with_login).ping()
         without_login = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SENTINELS": sentinels})
-        with pytest.raises(RedisError):
-            await connect_redis(without_login).ping()
+        await assert_only_the_first_gets_an_answer(with_login, without_login)
+    finally:
+        sentinel.kill()
+        primary.kill()
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 it signed, as the redis role makes them: (ca, cert, key)."""
+    ca, ca_key, cert, key = (directory / name for name in ("ca.crt", "ca.key", "redis.crt", "redis.key"))
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is not installed"
+    req = [openssl, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subprocess.run([*req, "-x509", "-keyout", ca_key, "-out", ca, "-subj", "/CN=test CA", "-days", "1"],
+                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run([*req, "-keyout", key, "-out", directory / "redis.csr", "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True)  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run([openssl, "x509", "-req", "-in", directory / "redis.csr", "-CA", ca, "-CAkey", ca_key,
+                    "-CAcreateserial", "-out", cert, "-days", "1", "-extfile", directory / "san.ext"],
+                   check=True, capture_output=True)  # fmt: skip
+    return ca, cert, key
+
+
+async def test_sentinels_and_the_primary_are_reached_over_tls_when_redis_url_is_rediss(
+    tmp_path: Path,
+) -> None:
+    """A fleet's Redis and Sentinels serve TLS: `rediss://...?ssl_ca_certs=` makes the service speak TLS
+    to the Sentinels and to the primary they name; the same layout with `redis://` gets no answer."""
+    ca, cert, key = make_tls_files(tmp_path)
+    tls = {"tls-cert-file": cert, "tls-key-file": key, "tls-ca-cert-file": ca, "tls-auth-clients": "no",
+           "tls-replication": "yes"}  # fmt: skip
+    tls_port, sentinel_tls_port = free_port(), free_port()
+    options = [arg for name, value in tls.items() for arg in (f"--{name}", str(value))]
+    primary = RedisServer(tmp_path, "--tls-port", str(tls_port), *options)
+    primary.start()
+    sentinel_dir = tmp_path / "sentinel"
+    sentinel_dir.mkdir()
+    # The Sentinel watches the primary's TLS port, which answers nothing but TLS.
+    sentinel = SentinelServer(
+        sentinel_dir, tls_port, 1, f"tls-port {sentinel_tls_port}",
+        *(f"{name} {value}" for name, value in tls.items()),
+    )  # fmt: skip
+    sentinel.start()
+    sentinels = f"127.0.0.1:{sentinel_tls_port}"
+    try:
+        over_tls = load_settings({
+            "REDIS_URL": f"rediss://127.0.0.1:1/0?ssl_ca_certs={ca}",
+            "REDIS_SENTINELS": sentinels,
+            "APPLY_REDIS_WAIT_REPLICAS": "0",
+        })  # fmt: skip
+        plain = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SENTINELS": sentinels})
+        await assert_only_the_first_gets_an_answer(over_tls, plain)
     finally:
         sentinel.kill()
         primary.kill()

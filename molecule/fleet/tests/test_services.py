@@ -1,16 +1,24 @@
-"""Both apply hosts run, reach Redis over the network only with their ACL user, and are scraped."""
+"""Both apply hosts run, reach Redis over the network only over TLS with their ACL user, and are scraped."""
 
 from conftest import APPLY_HOSTS, CORE, RELEASE_PYTHON, http_json, wait_for
 from testinfra.host import Host
 
-# Without credentials, the same Redis the apply layer's REDIS_URL names (the default user is off). RESP2,
-# so the server's answer is the plain NOAUTH (with RESP3, HELLO itself is refused first).
-ANONYMOUS_PING = f"import redis; print(redis.Redis(host='{CORE}', protocol=2, socket_timeout=5).ping())"
-# With the ACL user and password of the deployed env file (read there, never on a command line).
-ACL_PING = (
+# The deployed env file's REDIS_URL (read there, so the password is never on a command line).
+DEPLOYED_URL = (
     "import redis; from quantum_apply_layer.config import DEFAULT_ENV_FILE, read_env_file; "
-    "env = read_env_file(DEFAULT_ENV_FILE); "
-    "print(redis.Redis.from_url(env['REDIS_URL'], socket_timeout=5).ping())"
+    "url = read_env_file(DEFAULT_ENV_FILE)['REDIS_URL']; "
+)
+# With the ACL user over TLS, as the apply layer logs in.
+TLS_LOGIN = DEPLOYED_URL + "print(redis.Redis.from_url(url, socket_timeout=5).ping())"
+# The same user and password over plain TCP: Redis serves TLS only, so the login never gets an answer.
+PLAIN_LOGIN = (
+    DEPLOYED_URL + "print(redis.Redis.from_url(url.replace('rediss://', 'redis://').split('?')[0], "
+    "protocol=2, socket_timeout=5).ping())"
+)
+# Over TLS without credentials (the default user is off). RESP2, so the answer is the plain NOAUTH.
+ANONYMOUS_PING = (
+    f"import redis; print(redis.Redis(host='{CORE}', protocol=2, socket_timeout=5, ssl=True, "
+    "ssl_ca_certs='/etc/quantum/tls/redis-ca.crt').ping())"
 )
 
 
@@ -25,15 +33,19 @@ def test_the_core_runs_no_apply_layer(core: Host) -> None:
     assert core.service("redis-server").is_running
 
 
-def test_redis_needs_the_acl_user_from_the_apply_hosts(apply_hosts: dict[str, Host]) -> None:
+def test_redis_takes_only_tls_and_the_acl_user_from_the_apply_hosts(apply_hosts: dict[str, Host]) -> None:
     for name, host in apply_hosts.items():
         assert not host.package("redis-server").is_installed
-        # The deployed REDIS_URL names the core host (counted, so the password is never printed).
-        assert host.check_output("grep -c '@%s:6379/' /etc/quantum/apply-layer.env", CORE) == "1"
+        # The deployed REDIS_URL names the core host over TLS (counted, so the password is never printed).
+        tls_url = f"^REDIS_URL=rediss://.*@{CORE}:6379/"
+        assert host.check_output("grep -c %s /etc/quantum/apply-layer.env", tls_url) == "1"
+        plain = host.run("%s -c %s", RELEASE_PYTHON, PLAIN_LOGIN)
+        assert plain.rc != 0, f"{name}: Redis answered a plain TCP login: {plain.stdout}"
+        assert "redis.exceptions.ConnectionError" in plain.stderr, plain.stderr
         anonymous = host.run("%s -c %s", RELEASE_PYTHON, ANONYMOUS_PING)
         assert anonymous.rc != 0, f"{name}: Redis answered without a password: {anonymous.stdout}"
         assert "AuthenticationError: Authentication required." in anonymous.stderr, anonymous.stderr
-        assert host.check_output("%s -c %s", RELEASE_PYTHON, ACL_PING) == "True"
+        assert host.check_output("%s -c %s", RELEASE_PYTHON, TLS_LOGIN) == "True"
 
 
 def test_prometheus_scrapes_every_target_up(core: Host) -> None:

@@ -8,8 +8,21 @@ from testinfra.host import Host
 
 REDIS = "127.0.0.1:6379"
 PROMETHEUS = "http://127.0.0.1:9090"
-# Run inside the container: the services listen on its loopback only.
-URL_READER = "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=5).read().decode())"
+# Run inside the container (the services listen on its loopback only): GET argv[1], with basic auth when
+# argv[2] is "user:password" (test-only secrets), and print the body, or the status with --status.
+URL_READER = """
+import base64, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if len(sys.argv) > 2 and sys.argv[2]:
+    request.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
+try:
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        print(answer.status if "--status" in sys.argv else answer.read().decode())
+except urllib.error.HTTPError as error:
+    if "--status" not in sys.argv:
+        raise
+    print(error.code)
+"""
 
 
 def inventory(host: Host) -> dict[str, Any]:
@@ -28,9 +41,19 @@ def redis_cli(host: Host, user: str | None, password: str | None, *command: str)
     return str(result.stdout + result.stderr).strip()
 
 
+def web_login(host: Host) -> str:
+    """The operator's login to Prometheus and Alertmanager (--web.config.file), as "user:password"."""
+    return f"operator:{inventory(host)['prometheus_web_users']['operator']}"
+
+
 def http_text(host: Host, url: str) -> str:
-    """GET a document from inside the container."""
-    return str(host.check_output("python3 -c %s %s", URL_READER, url))
+    """GET a document from inside the container, logged in as the operator (the exporters ignore it)."""
+    return str(host.check_output("python3 -c %s %s %s", URL_READER, url, web_login(host)))
+
+
+def http_status(host: Host, url: str, login: str) -> int:
+    """The HTTP status of a GET with that login ("" for none)."""
+    return int(host.check_output("python3 -c %s %s %s --status", URL_READER, url, login))
 
 
 def http_json(host: Host, url: str) -> Any:

@@ -1,7 +1,9 @@
-"""Prometheus has loaded the rules and scrapes every job; the Redis exporter reaches Redis."""
+"""Prometheus has loaded the rules and scrapes every job; the Redis exporter reaches Redis; Prometheus and
+Alertmanager answer only a web user."""
 
+import pytest
 import yaml
-from infra_helpers import PROMETHEUS, http_json, http_text, prometheus_targets
+from infra_helpers import PROMETHEUS, http_json, http_status, http_text, prometheus_targets, web_login
 from testinfra.host import Host
 
 JOBS_UP = {"node", "redis", "prometheus", "alertmanager"}
@@ -34,3 +36,10 @@ def test_alertmanager_is_ready_and_wired(host: Host) -> None:
     assert http_text(host, "http://127.0.0.1:9093/-/ready").strip() == "OK"
     alertmanagers = http_json(host, f"{PROMETHEUS}/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
     assert [am["url"] for am in alertmanagers] == ["http://127.0.0.1:9093/api/v2/alerts"]
+
+
+@pytest.mark.parametrize("url", [f"{PROMETHEUS}/api/v1/targets", "http://127.0.0.1:9093/api/v2/status"])
+def test_web_api_answers_only_a_web_user(host: Host, url: str) -> None:
+    assert http_status(host, url, "") == 401
+    assert http_status(host, url, "operator:not-the-password-0123456789") == 401
+    assert http_status(host, url, web_login(host)) == 200

@@ -64,6 +64,9 @@ def test_alertmanager_cluster_port_is_closed(host: Host) -> None:
         ("/etc/prometheus/prometheus.yml", "root", "prometheus", 0o640),
         ("/etc/prometheus/rules", "root", "prometheus", 0o750),
         ("/etc/prometheus/alertmanager.yml", "root", "prometheus", 0o640),
+        # Web users' bcrypt hashes: root writes them, the services read them.
+        ("/etc/prometheus/web.yml", "root", "prometheus", 0o640),
+        ("/etc/prometheus/alertmanager-web.yml", "root", "prometheus", 0o640),
     ],
 )
 def test_file_owner_and_mode(host: Host, path: str, user: str, group: str, mode: int) -> None:

@@ -27,7 +27,10 @@ __all__ = [
 NODES = ("qh-sentinel-redis-1", "qh-sentinel-redis-2", "qh-sentinel-redis-3")
 APPLY = "qh-sentinel-apply"
 GROUP_VARS = PROJECT / "inventories" / "ha" / "group_vars"
-ADMIN_PASSWORD = yaml.safe_load((GROUP_VARS / "all" / "main.yml").read_text())["redis_admin_password"]
+SHARED_SETTINGS = yaml.safe_load((GROUP_VARS / "all" / "main.yml").read_text())
+ADMIN_PASSWORD = SHARED_SETTINGS["redis_admin_password"]
+# Redis and the Sentinels serve TLS only; each host has the CA certificate that verifies them.
+REDIS_CA = SHARED_SETTINGS["redis_tls_ca_file"]
 SENTINEL_SETTINGS = yaml.safe_load((GROUP_VARS / "quantum_redis" / "main.yml").read_text())
 
 
@@ -42,10 +45,12 @@ def apply_host() -> Host:
 
 
 def _admin_cli(host: Host, port: int, *args: str) -> str:
-    """redis-cli as the admin user (the inventory's fake password; never on a real host's command line)."""
+    """redis-cli as the admin user, over TLS, the only way in (the inventory's fake password; never on a real
+    host's command line)."""
     command = host.run(
-        "REDISCLI_AUTH=%s redis-cli -p %s --user admin --no-auth-warning" + " %s" * len(args),
-        ADMIN_PASSWORD, str(port), *args,
+        "REDISCLI_AUTH=%s redis-cli --tls --cacert %s -p %s --user admin --no-auth-warning"
+        + " %s" * len(args),
+        ADMIN_PASSWORD, REDIS_CA, str(port), *args,
     )  # fmt: skip
     assert command.rc == 0, command.stderr
     return str(command.stdout).strip()

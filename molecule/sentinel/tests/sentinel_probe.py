@@ -1,7 +1,7 @@
 """Write plans through Sentinel while a test fails the primary over, then report what became of each.
 
 Run on the apply host with the release's python: `python - PREFIX COUNT INTERVAL_S < sentinel_probe.py`.
-Reads REDIS_URL (user, password) and REDIS_SENTINELS from the apply layer's env file, and the lab's
+Reads REDIS_URL (user, password, TLS) and REDIS_SENTINELS from the apply layer's env file, and the lab's
 upstream logins (the planner, the risk governor, the position brain write as themselves), so no password
 appears on a command line. A write that fails (no primary yet) is retried, bounded, so the probe loses
 no plan itself. Prints JSON: per plan when it was written and every result entry it got (with the
@@ -17,14 +17,17 @@ from urllib.parse import urlsplit
 from quantum_apply_layer.config import DEFAULT_ENV_FILE, read_env_file
 from quantum_apply_layer.keys import PLAN_STREAM, RESULT_STREAM, dedupe_mark
 from quantum_apply_layer.sample_plans import minimal_plan, permits
+from quantum_apply_layer.runtime import tls_options
 from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 
 env = read_env_file(DEFAULT_ENV_FILE)
 url = urlsplit(env["REDIS_URL"])
+# TLS to the Sentinels and the primary, as the apply layer derives it from REDIS_URL.
+tls = tls_options(env["REDIS_URL"])
 sentinel = Sentinel(
     [(host, int(port)) for host, port in (item.rsplit(":", 1) for item in env["REDIS_SENTINELS"].split(","))],
-    sentinel_kwargs={"username": url.username, "password": url.password, "socket_timeout": 0.5},
+    sentinel_kwargs={"username": url.username, "password": url.password, "socket_timeout": 0.5, **tls},
 )
 
 
@@ -37,6 +40,7 @@ def primary_as(login: str):  # type: ignore[no-untyped-def]
         password=parts.password,
         decode_responses=True,
         socket_timeout=2,
+        **tls,
     )
 
 

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from typing import cast
-from urllib.parse import urlsplit
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlsplit
 
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
@@ -33,13 +33,29 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
+# REDIS_URL's query arguments that set up TLS: the Sentinel clients are not built from the URL, so they
+# are handed over (redis-py's from_url reads them itself for a single Redis).
+TLS_QUERY_ARGUMENTS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"})
+
+
+def tls_options(redis_url: str) -> dict[str, Any]:
+    """TLS for the Sentinels and the primary they name, as REDIS_URL asks for the primary:
+    `rediss://...?ssl_ca_certs=/path` gives TLS verified with that CA; `redis://` gives plain TCP."""
+    url = urlsplit(redis_url)
+    if url.scheme != "rediss":
+        return {}
+    query = {name: value for name, value in parse_qsl(url.query) if name in TLS_QUERY_ARGUMENTS}
+    return {"ssl": True, **query}
+
+
 def connect_redis(settings: Settings) -> Redis:
     """The primary: from REDIS_URL, or, with REDIS_SENTINELS, whichever one the Sentinels name now
     (redis-py asks them again after a connection error, so a failover needs no restart). The Sentinels
     are asked with REDIS_URL's user and password too: a Sentinel that lets anyone in lets anyone fail
-    the primary over."""
+    the primary over. With `rediss://` every one of those connections is TLS."""
     if settings.redis_sentinels:
         url = urlsplit(settings.redis_url)
+        tls = tls_options(settings.redis_url)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(settings.redis_sentinels),
             sentinel_kwargs={
@@ -47,6 +63,7 @@ def connect_redis(settings: Settings) -> Redis:
                 "password": url.password,
                 "socket_connect_timeout": 0.5,
                 "socket_timeout": 0.5,
+                **tls,
             },
         )
         return cast(
@@ -61,6 +78,7 @@ def connect_redis(settings: Settings) -> Redis:
                 password=url.password,
                 db=int(url.path.lstrip("/") or 0),
                 client_name=f"apply-layer:{settings.consumer_name}",
+                **tls,
             ),
         )
     # Short timeouts: a Redis that does not answer must halt execution quickly, not hang it.
