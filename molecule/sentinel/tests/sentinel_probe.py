@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 from quantum_apply_layer.config import DEFAULT_ENV_FILE, read_env_file
 from quantum_apply_layer.keys import PLAN_STREAM, RESULT_STREAM, dedupe_mark
-from quantum_apply_layer.sample_plans import minimal_plan, permits
 from quantum_apply_layer.runtime import tls_options
+from quantum_apply_layer.sample_plans import minimal_plan, permits
 from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 
