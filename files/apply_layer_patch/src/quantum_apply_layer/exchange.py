@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import ccxt.async_support as ccxt_async
 from ccxt.base import errors as ccxt_errors
@@ -97,6 +97,14 @@ class Position:
 
 class PositionModeRefused(Exception):
     """The account is in hedge mode; the apply layer trades one-way mode only."""
+
+
+class _How(TypedDict, total=False):
+    """How a request is made: an answer "no such order" is normal (a lookup that may find nothing), or
+    the request is an emergency close's and may use the headroom kept for it."""
+
+    absent_is_normal: bool
+    emergency: bool
 
 
 class ExchangeError(Exception):
@@ -477,14 +485,8 @@ class Exchange:
         offset_ms = -float(self._client.options.get("timeDifference") or 0)
         metrics.apply_exchange_clock_offset_seconds.set(offset_ms / 1000)
 
-    async def _lookup(
-        self,
-        endpoint: str,
-        call: Callable[[], Awaitable[T]],
-        *,
-        absent_is_normal: bool = False,
-        emergency: bool = False,
-    ) -> T:
+    async def _lookup(self, endpoint: str, call: Callable[[], Awaitable[T]], **how: Unpack[_How]) -> T:
+        """A read: retried while the failure is transient, and once more after the clock was re-measured."""
         if endpoint != "time" and time.monotonic() - self._clock_measured_at > _CLOCK_REFRESH_S:
             with contextlib.suppress(ExchangeError):  # an unreachable exchange fails the lookup itself
                 await self._sync_clock()
@@ -494,9 +496,7 @@ class Exchange:
             retry=retry_if_exception(_is_transient),
             reraise=True,
         )
-        request = partial(
-            self._request, endpoint, call, absent_is_normal=absent_is_normal, emergency=emergency
-        )
+        request = partial(self._request, endpoint, call, **how)
         try:
             return await retrying(request)
         except ExchangeError as error:
@@ -505,15 +505,10 @@ class Exchange:
         # The clock has been measured again (by _request); a lookup changes nothing, so once more.
         return await request()
 
-    async def _request(
-        self,
-        endpoint: str,
-        call: Callable[[], Awaitable[T]],
-        *,
-        absent_is_normal: bool = False,
-        emergency: bool = False,
-    ) -> T:
-        await self._pass_limits(endpoint, emergency)
+    async def _request(self, endpoint: str, call: Callable[[], Awaitable[T]], **how: Unpack[_How]) -> T:
+        """One request, within the exchange's limits, its failure named and its headers counted."""
+        absent_is_normal = how.get("absent_is_normal", False)
+        await self._pass_limits(endpoint, how.get("emergency", False))
         started = time.perf_counter()
         try:
             result = await call()
