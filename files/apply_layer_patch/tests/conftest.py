@@ -13,6 +13,7 @@ from redis_server import RedisServer
 from quantum_apply_layer.config import Settings, load_settings
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange import Exchange
+from quantum_apply_layer.exchange_limits import SharedLimiter
 from quantum_apply_layer.service import ApplyLayer
 
 pytest_plugins = ["emulator_fixture"]
@@ -66,7 +67,11 @@ def running_service(make_settings: SettingsFactory, redis_server: RedisServer) -
     async def run(**overrides: str) -> AsyncIterator[ApplyLayer]:
         settings = make_settings(**overrides)
         client = Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=2)
-        exchange = Exchange(settings.exchange_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, 2.0)
+        # The account's limits shared in Redis, as runtime.py runs it.
+        limiter = SharedLimiter(client)
+        exchange = Exchange(
+            settings.exchange_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, 2.0, limiter=limiter
+        )
         service = ApplyLayer(settings, client, exchange)
         task = asyncio.create_task(service.run())
         await asyncio.wait_for(service.ready.wait(), 10)

@@ -63,6 +63,12 @@ def test_decision_gate_lets_only_an_executable_plan_through(
         ),
         (["denied", "p33", "too_big"], "blocked", "permit_denied: p33:too_big", "permit"),
         ([b"denied", b"emergency", b"no_token"], "blocked", "permit_denied: emergency:no_token", "permit"),
+        (
+            [b"held_back", b"orders_10s", 1500],
+            "blocked",
+            "held_back: the exchange's orders_10s budget is used up for 1.5s; nothing sent, permits kept",
+            "exchange_limit",
+        ),
         (["surprise"], "blocked", "unexpected claim answer 'surprise'", "claim"),
     ],
 )

@@ -22,8 +22,9 @@ from plans import add_plan, grant_permits, wait_for_results
 from prometheus_client import generate_latest
 from redis.asyncio import Redis
 
-from quantum_apply_layer import keys, metrics
+from quantum_apply_layer import exchange_limits, keys, metrics
 from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.exchange_limits import Budget, HeldBack, SharedLimiter
 from quantum_apply_layer.service import ApplyLayer
 from quantum_apply_layer.stream_health import render_stream_health, stream_health
 
@@ -104,9 +105,20 @@ async def fresh(service: ApplyLayer) -> ApplyLayer:
 
 
 async def test_in_the_steady_state_a_plan_costs_one_order_and_no_lookup(
-    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+    redis: Redis,
+    emulator: ExchangeEmulator,
+    running_service: ServiceFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     emulator.set_positions({"BTCUSDT": 0.8})
+    passed_the_limiter: list[str] = []
+    reserve = SharedLimiter.reserve
+
+    async def spied(limiter: SharedLimiter, endpoint: str, budget: Budget) -> HeldBack | None:
+        passed_the_limiter.append(endpoint)
+        return await reserve(limiter, endpoint, budget)
+
+    monkeypatch.setattr(SharedLimiter, "reserve", spied)
     async with running_service(**QUIET) as service:
         await fresh(service)
         before = await requests(emulator)
@@ -115,6 +127,10 @@ async def test_in_the_steady_state_a_plan_costs_one_order_and_no_lookup(
             await wait_for_results(redis, n + 1)
         spent = await requests(emulator) - before
     assert spent == Counter({ORDER: 5}), spent
+    # The claim counted each order in the exchange's budget: no trip to Redis between it and the order,
+    # and each order counted once (the exchange's own count, 5, raises ours to no more than 5).
+    assert "order_new" not in passed_the_limiter
+    assert int(await redis.hget(exchange_limits.ORDERS_10S_KEY, "count") or 0) == 5
     # Each plan sized from the position its predecessor left: 0.8 -> 0.4 -> 0.2 -> 0.1 -> 0.05 -> 0.025.
     assert [quantity_of(emulator, f"qh-steady-{n}-0") for n in range(5)] == [0.4, 0.2, 0.1, 0.05, 0.025]
 

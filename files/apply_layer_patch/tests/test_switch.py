@@ -36,6 +36,8 @@ CONTRACT_TABLE = [
     ("tru", SwitchState.INVALID),
     ("null", SwitchState.INVALID),
 ]
+# claim.lua's last ARGV: the orders' weight and the exchange's budget (weight/min, orders/10s, orders/min).
+BUDGET = (0, 1920, 240, 960)
 # What claim.lua answers for a plan with permits under each state (invalid halts: fail closed).
 CLAIM_KIND = {
     SwitchState.RUNNING: "claimed",
@@ -47,7 +49,7 @@ CLAIM_KIND = {
 
 async def claim(redis: Redis, plan_id: str, only_reduces: bool, symbol: str = "BTCUSDT") -> ClaimResult:
     scripts = register_scripts(redis)
-    args = [f"entry-{plan_id}", "1", "1" if only_reduces else "0", 60, "test", 1, 0, 0, "0"]
+    args = [f"entry-{plan_id}", "1", "1" if only_reduces else "0", 60, "test", 1, 0, 0, "0", *BUDGET]
     return ClaimResult.from_script(await scripts.claim(keys=claim_keys(plan_id, symbol), args=args))
 
 
@@ -103,7 +105,7 @@ async def test_permits_serve_one_plan_once_under_concurrency(redis: Redis) -> No
     plan_keys = claim_keys("race", "BTCUSDT")
     replies = await asyncio.gather(
         *(
-            scripts.claim(keys=plan_keys, args=[f"entry-{n}", "1", "1", 60, "test", 1, 0, 0, "0"])
+            scripts.claim(keys=plan_keys, args=[f"entry-{n}", "1", "1", 60, "test", 1, 0, 0, "0", *BUDGET])
             for n in range(50)
         )
     )

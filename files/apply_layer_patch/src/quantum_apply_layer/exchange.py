@@ -35,6 +35,7 @@ from quantum_apply_layer.exchange_limits import (
     BINANCE_LIMITS,
     EMERGENCY_SHARE,
     ROUTINE_SHARE,
+    Budget,
     SharedLimiter,
     limits_from_exchange_info,
     share,
@@ -100,11 +101,13 @@ class PositionModeRefused(Exception):
 
 
 class _How(TypedDict, total=False):
-    """How a request is made: an answer "no such order" is normal (a lookup that may find nothing), or
-    the request is an emergency close's and may use the headroom kept for it."""
+    """How a request is made: an answer "no such order" is normal (a lookup that may find nothing); the
+    request is an emergency close's and may use the headroom kept for it; its cost was counted already,
+    with the plan's claim (claim.lua), so only a Retry-After can still keep it home."""
 
     absent_is_normal: bool
     emergency: bool
+    counted: bool
 
 
 class ExchangeError(Exception):
@@ -293,6 +296,10 @@ class Exchange:
                 "> Position Mode > One-way, possible only with no open position or order), then start again."
             )
 
+    def budget(self, emergency: bool) -> Budget:
+        """The share of the account's limits a request may use: routine, or an emergency close's."""
+        return self._emergency_budget if emergency else self._routine_budget
+
     async def close(self) -> None:
         await self._client.close()
         # The gauge reads this adapter's ban; a closed adapter reports none.
@@ -370,6 +377,7 @@ class Exchange:
         client_order_id: str,
         *,
         emergency: bool = False,
+        counted: bool = False,
     ) -> OrderAck:
         """A reduce-only MARKET order; the answer is what the exchange filled (FILLED, or EXPIRED with
         part executed), looked up once when the exchange answered only that it took the order (NEW)."""
@@ -387,6 +395,7 @@ class Exchange:
             "order_new",
             lambda: self._client.create_order(unified, "market", side.lower(), amount, None, params),
             emergency=emergency,
+            counted=counted,
         )
         ack = _ack(order["info"])
         if ack.status == "NEW":
@@ -395,7 +404,13 @@ class Exchange:
         return ack
 
     async def send_stop_market_close(
-        self, symbol: str, side: Literal["BUY", "SELL"], stop_price: float, client_order_id: str
+        self,
+        symbol: str,
+        side: Literal["BUY", "SELL"],
+        stop_price: float,
+        client_order_id: str,
+        *,
+        counted: bool = False,
     ) -> OrderAck:
         """A protective STOP_MARKET with closePosition=true on the algo order API (POST
         /fapi/v1/algoOrder, `clientAlgoId`): when triggered it closes whatever the position is then."""
@@ -411,6 +426,7 @@ class Exchange:
         order = await self._request(
             "algo_new",
             lambda: self._client.create_order(unified, "market", side.lower(), None, None, params),
+            counted=counted,
         )
         return _algo_ack(order["info"])
 
@@ -508,7 +524,7 @@ class Exchange:
     async def _request(self, endpoint: str, call: Callable[[], Awaitable[T]], **how: Unpack[_How]) -> T:
         """One request, within the exchange's limits, its failure named and its headers counted."""
         absent_is_normal = how.get("absent_is_normal", False)
-        await self._pass_limits(endpoint, how.get("emergency", False))
+        await self._pass_limits(endpoint, how.get("emergency", False), how.get("counted", False))
         started = time.perf_counter()
         try:
             result = await call()
@@ -528,19 +544,18 @@ class Exchange:
         metrics.apply_exchange_up.set(1)
         return result
 
-    async def _pass_limits(self, endpoint: str, emergency: bool) -> None:
-        """Raise, sending nothing, when a limit or a Retry-After says not now."""
+    async def _pass_limits(self, endpoint: str, emergency: bool, counted: bool) -> None:
+        """Raise, sending nothing, when a limit or a Retry-After says not now. A request `counted` with
+        its claim passed the shared limiter there: only this process's Retry-After is checked."""
         wait = self._blocked_until - time.monotonic()
         if wait > 0:
             metrics.apply_exchange_held_back_total.labels("blocked").inc()
             raise ExchangeError(
                 "rate_limit", f"held back: the exchange asked to wait {wait:.0f}s more (Retry-After)"
             )
-        if self._limiter is None:
+        if self._limiter is None or counted:
             return
-        held = await self._limiter.reserve(
-            endpoint, self._emergency_budget if emergency else self._routine_budget
-        )
+        held = await self._limiter.reserve(endpoint, self.budget(emergency))
         if held is None:
             return
         metrics.apply_exchange_held_back_total.labels(held.limit).inc()

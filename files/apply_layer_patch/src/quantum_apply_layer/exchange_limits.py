@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from .scripts import lua_source
 
 WEIGHT_KEY = "quantum:apply:exchange:weight_1m"
 ORDERS_10S_KEY = "quantum:apply:exchange:orders_10s"
@@ -96,8 +97,7 @@ class HeldBack:
 
 class SharedLimiter:
     def __init__(self, redis: Redis) -> None:
-        source = files(__package__).joinpath("exchange_limits.lua").read_text()
-        self._script = redis.register_script(source)
+        self._script = redis.register_script(lua_source("exchange_budget.lua", "exchange_limits.lua"))
         self._keys = [WEIGHT_KEY, ORDERS_10S_KEY, ORDERS_1M_KEY, BLOCKED_UNTIL_KEY]
 
     async def reserve(self, endpoint: str, budget: Budget) -> HeldBack | None:

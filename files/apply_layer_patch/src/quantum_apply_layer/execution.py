@@ -30,6 +30,7 @@ from typing import Literal
 
 from . import gates, metrics
 from .exchange import Exchange, ExchangeError, OrderAck, Position, StopOrder, client_order_id
+from .exchange_limits import Budget
 from .market_filters import FilterError, MarketFilters
 from .plan import OrderType, Plan, Step
 from .position_book import POSITION_TOLERANCE, PositionBook, Unusable
@@ -121,6 +122,8 @@ class Prepared:
     filters: MarketFilters
     # The protective stops standing for the symbol, read before the claim when the plan updates one.
     standing_stops: tuple[StopOrder, ...] = ()
+    # The claim counted the orders in the exchange's budget: they are sent with no trip to Redis first.
+    orders_counted: bool = False
 
     def after(self, outcome: StepOutcome) -> Prepared:
         """The position as the next step finds it: less what a placed close asked for. A fill smaller than
@@ -197,10 +200,16 @@ class StepExecutor:
                 raise PositionUnknown(f"stops_unknown: {error.kind}: {error}") from error
         return Prepared(held, filters, stops)
 
-    def refreshed(self, plan: Plan, prepared: Prepared) -> Prepared:
-        """After the claim, locally: a change the stream pushed while the plan waited for its permits."""
+    def budget(self, emergency: bool) -> Budget:
+        """The share of the exchange's limits a plan may use, for claim.lua to count its orders in."""
+        return self._exchange.budget(emergency)
+
+    def refreshed(self, plan: Plan, prepared: Prepared, counted: bool) -> Prepared:
+        """After the claim, locally: a change the stream pushed while the plan waited for its permits,
+        and whether the claim counted the orders."""
         held = self._book.usable(plan.symbol)
-        return prepared if isinstance(held, Unusable) else replace(prepared, held=held)
+        fresh = prepared if isinstance(held, Unusable) else replace(prepared, held=held)
+        return replace(fresh, orders_counted=counted)
 
     async def run(
         self, plan: Plan, index: int, p33: dict[str, object], resumed: bool, prepared: Prepared
@@ -274,7 +283,7 @@ class StepExecutor:
         verdict = gates.notional_gate(quantity, held.mark_price, self._notional_limit(plan.symbol))
         if verdict:
             return _stopped(index, step, coid, verdict)
-        return await self._send_close(plan, index, step, coid, side, quantity, prepared.filters)
+        return await self._send_close(plan, index, step, coid, side, quantity, prepared)
 
     async def _send_close(
         self,
@@ -284,18 +293,18 @@ class StepExecutor:
         coid: str,
         side: Side,
         quantity: float,
-        filters: MarketFilters,
+        prepared: Prepared,
     ) -> StepOutcome:
         """A reduce-only market order, its quantity cut to the market's step. The book hears of it before it
         leaves: until it is back on the stream, the next plan reads the position by REST."""
         try:
-            quantity = float(filters.market_quantity(quantity))
+            quantity = float(prepared.filters.market_quantity(quantity))
         except FilterError as error:
             return StepOutcome(index, step.kind, StepStatus.BLOCKED, coid, detail=str(error))
         self._book.sending(plan.symbol, coid)
         try:
             ack = await self._exchange.send_reduce_only_market(
-                plan.symbol, side, quantity, coid, emergency=plan.emergency
+                plan.symbol, side, quantity, coid, emergency=plan.emergency, counted=prepared.orders_counted
             )
         except ExchangeError as error:
             if error.kind == "rejected":
@@ -320,7 +329,9 @@ class StepExecutor:
             return self._outcome(index, step, StepStatus.FOUND, coid, ack, "placed before a restart")
         for stop in standing:
             await self._exchange.cancel_stop(plan.symbol, stop)
-        ack = await self._exchange.send_stop_market_close(plan.symbol, side, price, coid)
+        ack = await self._exchange.send_stop_market_close(
+            plan.symbol, side, price, coid, counted=prepared.orders_counted
+        )
         outcome = self._sent(index, step, coid, ack, 0.0)
         replaced = ",".join(stop.client_algo_id for stop in standing)
         return replace(outcome, detail=f"{ack.status}; replaced {replaced}") if standing else outcome
@@ -334,9 +345,7 @@ class StepExecutor:
         if verdict:
             return _stopped(index, step, coid, verdict)
         quantity = close_quantity(step, held.amount, None)
-        return await self._send_close(
-            plan, index, step, coid, close_side(held.amount), quantity, prepared.filters
-        )
+        return await self._send_close(plan, index, step, coid, close_side(held.amount), quantity, prepared)
 
     async def _after_error(
         self, plan: Plan, index: int, step: Step, coid: str, error: ExchangeError

@@ -4,12 +4,13 @@ Verdict that stops the plan (or the step), and each is a pure function, testable
 Before the claim:   decision_gate, freshness_gate; switch_gate only when the position cannot be known
                     (the claim would refuse a halted plan anyway: this names the halt, not the outage)
 The claim:          claim_verdict, the answer of claim.lua (claim.py), which checks in one atomic step
-                    the global and symbol switches, the dedupe mark, the order-rate limits and both
-                    permits (consumed together, once), or an operator's emergency token
+                    the global and symbol switches, the dedupe mark, the order-rate limits, the
+                    exchange's budget for the orders (counted with the claim) and both permits
+                    (consumed together, once), or an operator's emergency token
 Before each order:  position_side_gate (P3.3's position against the exchange's), notional_gate
                     (APPLY_MAX_NOTIONAL_USDT), and for an emergency close emergency_gate
 Also: the market's filters (market_filters.py) refuse a price or quantity the exchange would refuse,
-and the exchange's own limits (exchange_limits.py) hold a request back rather than earn a 429.
+and the exchange's own limits (exchange_limits.py) hold any other request back rather than earn a 429.
 """
 
 from __future__ import annotations
@@ -111,6 +112,14 @@ def claim_verdict(claim: ClaimResult) -> Verdict | None:
         )
     if claim.kind == "denied":
         return Verdict(ResultStatus.BLOCKED, f"permit_denied: {claim.detail}", "permit")
+    if claim.kind == "held_back":
+        limit, _, wait_ms = claim.detail.partition(":")
+        return Verdict(
+            ResultStatus.BLOCKED,
+            f"held_back: the exchange's {limit} budget is used up for {int(wait_ms or 0) / 1000:.1f}s; "
+            "nothing sent, permits kept",
+            "exchange_limit",
+        )
     return Verdict(ResultStatus.BLOCKED, f"unexpected claim answer {claim.kind!r}", "claim")
 
 

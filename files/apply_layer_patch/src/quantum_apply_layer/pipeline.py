@@ -103,7 +103,8 @@ class PlanPipeline:
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
 
-        prepared = self.executor.refreshed(plan, prepared)
+        # A fresh claim counted the orders in the exchange's budget; a resumed one did not.
+        prepared = self.executor.refreshed(plan, prepared, counted=claim.kind == "claimed")
         outcomes: list[StepOutcome] = []
         try:
             await self._execute(
@@ -195,7 +196,7 @@ class PlanPipeline:
         with redis_guard("claim"):
             reply = await self.scripts.claim(
                 keys=claim_keys(plan.plan_id, plan.symbol),
-                args=claim_args(plan, entry_id, self.settings),
+                args=claim_args(plan, entry_id, self.settings, self.executor.budget(plan.emergency)),
                 client=connection,
             )
         return ClaimResult.from_script(reply)
@@ -320,6 +321,8 @@ def _count_denial(claim: ClaimResult) -> None:
         which, _, reason = claim.detail.partition(":")
         counter = metrics.governor_block_total if which == "governor" else metrics.p33_permit_deny_total
         counter.labels(_label(reason)).inc()
+    elif claim.kind == "held_back":
+        metrics.apply_exchange_held_back_total.labels(claim.detail.partition(":")[0]).inc()
 
 
 def _label(reason: str) -> str:

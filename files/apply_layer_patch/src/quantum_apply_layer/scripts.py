@@ -1,4 +1,5 @@
-"""The Lua scripts that make a decision atomic inside Redis, each with the shared switch states."""
+"""The Lua scripts that make a decision atomic inside Redis, each with the shared functions it uses: the
+switch states (switch_state.lua) and the exchange's budget (exchange_budget.lua)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 
-def lua_source(name: str) -> str:
-    """A script as Redis runs it: the shared switch-state functions, then the script itself."""
+def lua_source(*names: str) -> str:
+    """A script as Redis runs it: the files named, in order (the shared functions, then the script)."""
     package = files(__package__)
-    return package.joinpath("switch_state.lua").read_text() + "\n" + package.joinpath(name).read_text()
+    return "\n".join(package.joinpath(name).read_text() for name in names)
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Scripts:
 def register_scripts(redis: Redis) -> Scripts:
     """Scripts run by EVALSHA, loaded again by redis-py if a restarted Redis forgot them."""
     return Scripts(
-        claim=redis.register_script(lua_source("claim.lua")),
-        set_switch=redis.register_script(lua_source("set_switch.lua")),
-        record=redis.register_script(lua_source("record.lua")),
+        claim=redis.register_script(lua_source("switch_state.lua", "exchange_budget.lua", "claim.lua")),
+        set_switch=redis.register_script(lua_source("switch_state.lua", "set_switch.lua")),
+        record=redis.register_script(lua_source("switch_state.lua", "record.lua")),
     )
