@@ -12,9 +12,7 @@ from pathlib import Path
 import yaml
 from ansible_run import ansible_playbook
 
-HISTORY = (
-    "2026-11-27T10:00:00Z deploy 1.0.0-old\n2026-11-27T11:00:00Z deploy 1.1.0-new\n"
-)
+HISTORY = "2026-11-27T10:00:00Z deploy 1.0.0-old\n2026-11-27T11:00:00Z deploy 1.1.0-new\n"
 ENV_FILE = "REDIS_URL=redis://127.0.0.1:6379/0\nTESTNET=true\n"
 
 
@@ -23,9 +21,9 @@ def base_dir(tmp_path: Path, old_release_entry_point: Path) -> Path:
     base = tmp_path / "apply-layer"
     for release in ("1.0.0-old", "1.1.0-new"):
         (base / "releases" / release / "venv" / "bin").mkdir(parents=True)
-    (
-        base / "releases" / "1.0.0-old" / "venv" / "bin" / "quantum-apply-layer"
-    ).symlink_to(old_release_entry_point)
+    (base / "releases" / "1.0.0-old" / "venv" / "bin" / "quantum-apply-layer").symlink_to(
+        old_release_entry_point
+    )
     (base / "current").symlink_to(base / "releases" / "1.1.0-new")
     (base / "shared").mkdir()
     (base / "shared" / "history").write_text(HISTORY)
@@ -33,9 +31,7 @@ def base_dir(tmp_path: Path, old_release_entry_point: Path) -> Path:
     return base
 
 
-def roll_back(
-    tmp_path: Path, base: Path, env_file: str
-) -> subprocess.CompletedProcess[str]:
+def roll_back(tmp_path: Path, base: Path, env_file: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "apply-layer.env").write_text(env_file)
     play = [
         {
@@ -97,7 +93,5 @@ def test_a_release_that_does_not_know_a_setting_of_the_env_file_is_refused(
 
     assert result.returncode != 0, result.stdout
     assert "Release 1.0.0-old cannot start on this host" in result.stdout
-    assert (
-        "APPLY_SETTING_FROM_THE_FUTURE" in result.stdout
-    )  # check-config names the key it refuses
+    assert "APPLY_SETTING_FROM_THE_FUTURE" in result.stdout  # check-config names the key it refuses
     assert_nothing_changed(base)
