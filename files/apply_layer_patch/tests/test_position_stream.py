@@ -62,6 +62,11 @@ def lookups(reason: str) -> float:
     return value or 0.0
 
 
+def held_back(limit: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("apply_exchange_held_back_total", {"limit": limit})
+    return value or 0.0
+
+
 def mismatches(symbol: str) -> float:
     value = metrics.REGISTRY.get_sample_value("apply_stream_position_mismatch_total", {"symbol": symbol})
     return value or 0.0
@@ -133,6 +138,25 @@ async def test_in_the_steady_state_a_plan_costs_one_order_and_no_lookup(
     assert int(await redis.hget(exchange_limits.ORDERS_10S_KEY, "count") or 0) == 5
     # Each plan sized from the position its predecessor left: 0.8 -> 0.4 -> 0.2 -> 0.1 -> 0.05 -> 0.025.
     assert [quantity_of(emulator, f"qh-steady-{n}-0") for n in range(5)] == [0.4, 0.2, 0.1, 0.05, 0.025]
+
+
+async def test_orders_the_exchange_budget_cannot_take_are_blocked_before_the_claim(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.8})
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        held_before = held_back("blocked")
+        await SharedLimiter(redis).block(30)  # another process earned a 429: nobody sends for 30 s
+        await plan(redis, "banned")
+        result = (await wait_for_results(redis, 1))["banned"]
+    assert result["status"] == "blocked", result
+    assert result["reason"].startswith("held_back: the exchange's blocked budget"), result
+    assert emulator.orders() == []
+    assert await redis.exists(keys.governor_permit("banned"), keys.p33_permit("banned")) == 2  # kept
+    mark = json.loads(await redis.get(keys.dedupe_mark("banned")))
+    assert "claimed_at" not in mark, mark  # recorded, never claimed
+    assert held_back("blocked") == held_before + 1
 
 
 async def test_a_dropped_stream_falls_back_to_a_lookup_before_the_claim(
