@@ -37,19 +37,24 @@ def _openssl(*args: str | Path) -> None:
     subprocess.run([OPENSSL, *map(str, args)], check=True, capture_output=True)
 
 
+def _new_key(stem: Path, name: str) -> list[str]:
+    curve = ["-pkeyopt", "ec_paramgen_curve:P-256"]
+    return ["-newkey", "ec", *curve, "-nodes", "-keyout", f"{stem}.key", "-subj", f"/CN={name}"]
+
+
 def _ca(directory: Path, name: str) -> Path:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-             "-subj", f"/CN={name}", "-keyout", directory / f"{name}.key", "-out", directory / f"{name}.crt")
-    return directory / name
+    stem = directory / name
+    _openssl("req", "-x509", *_new_key(stem, name), "-days", "2", "-out", f"{stem}.crt")
+    return stem
 
 
 def _signed(ca: Path, stem: Path, san: str) -> Path:
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj",
-             f"/CN={stem.name}", "-keyout", f"{stem}.key", "-out", f"{stem}.csr")
+    _openssl("req", "-new", *_new_key(stem, stem.name), "-out", f"{stem}.csr")
     extensions = stem.with_suffix(".ext")
     extensions.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n", encoding="utf-8")
-    _openssl("x509", "-req", "-in", f"{stem}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-days", "2", "-extfile", extensions, "-out", f"{stem}.crt")
+    ca_files = ["-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial"]
+    signing = [*ca_files, "-days", "2", "-extfile", str(extensions)]
+    _openssl("x509", "-req", "-in", f"{stem}.csr", *signing, "-out", f"{stem}.crt")
     return stem
 
 
