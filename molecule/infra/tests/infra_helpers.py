@@ -17,8 +17,9 @@ import base64, ssl, sys, urllib.error, urllib.request
 request = urllib.request.Request(sys.argv[1])
 if len(sys.argv) > 2 and sys.argv[2]:
     request.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
-context = ssl.create_default_context(cafile="/etc/quantum/tls/ca.crt")
+context = None
 if sys.argv[1].startswith("https:"):
+    context = ssl.create_default_context(cafile="/etc/quantum/tls/ca.crt")
     client = "/etc/prometheus/tls/prometheus-client"
     context.load_cert_chain(client + ".crt", client + ".key")
 try:
