@@ -15,12 +15,30 @@ from testinfra.host import Host
 
 RELEASE_PYTHON = "/opt/quantum/apply-layer/current/venv/bin/python"
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-# curl is not in the image: python3's urllib, with an optional JSON body (then it is a POST).
+# curl is not in the image: python3's urllib, with an optional JSON body (then it is a POST) and an
+# optional basic-auth login "user:password" (Prometheus and Alertmanager behind --web.config.file).
 HTTP = (
-    "import json,sys,urllib.request; body=sys.argv[2].encode() if len(sys.argv)>2 else None; "
+    "import base64,json,sys,urllib.request; body=sys.argv[2].encode() if sys.argv[2] else None; "
     "request=urllib.request.Request(sys.argv[1], data=body, headers={'Content-Type': 'application/json'}); "
+    "login=base64.b64encode(sys.argv[3].encode()).decode(); "
+    "sys.argv[3] and request.add_header('Authorization', 'Basic ' + login); "
     "print(urllib.request.urlopen(request, timeout=5).read().decode())"
 )
+# Metrics over mutual TLS, read from inside a container: HTTPS verified with the private CA, showing the
+# client certificate argv[2] (<stem>.crt and .key) when given. Prints the document, or "refused:" and why.
+METRICS = """
+import ssl, sys, urllib.request
+context = ssl.create_default_context(cafile="/etc/quantum/tls/ca.crt")
+if len(sys.argv) > 2:
+    context.load_cert_chain(sys.argv[2] + ".crt", sys.argv[2] + ".key")
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5, context=context) as answer:
+        print(answer.read().decode())
+except Exception as error:
+    print("refused:", type(error).__name__, error)
+"""
+# Prometheus's client certificate (roles/prometheus/tasks/tls.yml), on the monitoring host.
+PROMETHEUS_CLIENT = "/etc/prometheus/tls/prometheus-client"
 
 
 def run_playbook(playbook: str, **extra_vars: str) -> subprocess.CompletedProcess[str]:
@@ -58,12 +76,29 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 120, every_s: float =
     return check()
 
 
-def http_json(host: Host, url: str, body: Any = None) -> Any:
+def http_json(host: Host, url: str, body: Any = None, login: str = "") -> Any:
     """GET (or POST `body`) from inside a container: the services listen on its loopback."""
-    args = [HTTP, url, *([json.dumps(body)] if body is not None else [])]
-    command = host.run("python3 -c" + " %s" * len(args), *args)
+    command = host.run("python3 -c %s %s %s %s", HTTP, url, "" if body is None else json.dumps(body), login)
     assert command.rc == 0, command.stderr
     return json.loads(command.stdout)
+
+
+def metrics(host: Host, url: str, client: str | None = None) -> str:
+    """A metrics document over mutual TLS from inside `host`, showing `client`'s certificate (a path
+    without extension) when given; "refused: ..." when the endpoint would not answer."""
+    return str(
+        host.check_output("python3 -c %s %s" + " %s" * bool(client), METRICS, url, *filter(None, [client]))
+    )
+
+
+def assert_answers_prometheus_only(host: Host, target: str) -> None:
+    """The metrics endpoint at `target` (host:port), asked from `host`: plain HTTP and HTTPS without a
+    client certificate are refused; Prometheus's certificate is answered."""
+    plain = metrics(host, f"http://{target}/metrics")
+    assert plain.startswith("refused:"), plain[:200]
+    anonymous = metrics(host, f"https://{target}/metrics")
+    assert anonymous.startswith("refused:"), anonymous[:200]
+    assert "# TYPE " in metrics(host, f"https://{target}/metrics", PROMETHEUS_CLIENT)
 
 
 def journal(host: Host, unit: str) -> str:

@@ -154,3 +154,31 @@ def test_a_web_user_with_an_example_password_is_refused_outside_the_lab(tmp_path
     assert "alertmanager_web_users operator" in result.stdout
     assert "prometheus_web_users" not in result.stdout
     assert "example-web-password" not in result.stdout
+
+
+def test_metrics_tls_on_for_the_targets_only_stops_in_the_checks(tmp_path: Path) -> None:
+    """Exporters and the apply layer serving mutual TLS to a Prometheus left on plain HTTP would only
+    read down after the deploy: the checks refuse it, naming the three settings."""
+    served = wheelhouse(tmp_path, "served", [host_target()])
+    half = "exporters_web_tls_enabled: true\napply_layer_metrics_tls_enabled: true\n"
+
+    result = deploy_checks_only(inventory(tmp_path, {"apply-1": served}, half))
+
+    assert result.returncode != 0, result.stdout
+    assert "must be on for the scraped and the scraper or for neither" in result.stdout
+    assert '"prometheus_scrape_tls_enabled": [false]' in result.stdout
+    assert "PLAY [Deploy Redis and its exporters]" not in result.stdout
+
+
+def test_metrics_tls_on_at_both_ends_passes_the_checks(tmp_path: Path) -> None:
+    served = wheelhouse(tmp_path, "served", [host_target()])
+    both = (
+        "exporters_web_tls_enabled: &metrics_tls true\n"
+        "apply_layer_metrics_tls_enabled: *metrics_tls\n"
+        "prometheus_scrape_tls_enabled: *metrics_tls\n"
+    )
+
+    result = deploy_checks_only(inventory(tmp_path, {"apply-1": served}, both))
+
+    checks = result.stdout.partition("Check metrics over mutual TLS is on at both ends or at neither")[2]
+    assert "ok: [apply-1]" in checks.partition("TASK [")[0], result.stdout

@@ -19,8 +19,9 @@ ENV_TEMPLATE = ROOT / "roles/apply_layer/templates/etc/quantum/apply-layer.env.j
 ARGUMENT_SPECS = ROOT / "roles/apply_layer/meta/argument_specs.yml"
 # Where the role deliberately chooses another default than the service, and why.
 ROLE_CHOOSES_OTHERWISE = {
-    "APPLY_METRICS_ADDR": "the endpoint is unauthenticated: the role listens on loopback unless told",
+    "APPLY_METRICS_ADDR": "without mutual TLS anyone who reaches it reads it: the role keeps it on loopback",
     "APPLY_EXCHANGE_URL": "the service's default is by mode; the role's is production's",
+    "APPLY_METRICS_TLS_CLIENT_CA": "written with apply_layer_metrics_tls_enabled only: private_ca's CA file",
 }
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import testinfra
-from scenario_helpers import RELEASE_PYTHON, http_json, kill_switch_play, wait_for
+import yaml
+from scenario_helpers import RELEASE_PYTHON, http_json, kill_switch_play, metrics, wait_for
 from testinfra.host import Host
 
 # scenario_helpers: shared with the other scenarios (molecule/shared, on PYTHONPATH from
@@ -24,12 +25,15 @@ __all__ = [
     "Results",
     "http_json",
     "kill_switch_play",
+    "metrics",
     "orders",
     "orders_by_plan",
     "plan_outcomes",
     "plans_script",
+    "prometheus_api",
     "send_plans",
     "wait_for",
+    "web_logins",
 ]
 
 CORE = "qh-fleet-core"
@@ -40,6 +44,10 @@ PLANS = (Path(__file__).parent / "fleet_plans.py").read_text()
 POSITION = {"BTCUSDT": 1.0}
 
 Results = dict[str, list[dict[str, str]]]
+# The scenario's web logins on Prometheus and Alertmanager (test-only secrets, inventory/hosts.yml).
+MONITORING_VARS = yaml.safe_load((Path(__file__).parents[1] / "inventory/hosts.yml").read_text())[
+    "quantum_monitoring"
+]["vars"]
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +58,16 @@ def core() -> Host:
 @pytest.fixture(scope="session")
 def apply_hosts() -> dict[str, Host]:
     return {name: testinfra.get_host(f"docker://{name}") for name in APPLY_HOSTS}
+
+
+def web_logins() -> dict[str, str]:
+    """user -> "user:password" for each web user of Prometheus and Alertmanager."""
+    return {user: f"{user}:{password}" for user, password in MONITORING_VARS["prometheus_web_users"].items()}
+
+
+def prometheus_api(core: Host, path: str) -> Any:
+    """Prometheus's API on the core host, logged in as Prometheus's own web user."""
+    return http_json(core, f"http://127.0.0.1:9090/api/v1/{path}", login=web_logins()["prometheus"])
 
 
 def orders(apply_hosts: dict[str, Host]) -> list[dict[str, Any]]:

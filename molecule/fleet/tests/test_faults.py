@@ -18,12 +18,13 @@ from conftest import (
     CORE,
     PlansInBackground,
     Results,
-    http_json,
     kill_switch_play,
+    metrics,
     orders,
     orders_by_plan,
     plan_outcomes,
     plans_script,
+    prometheus_api,
     send_plans,
     wait_for,
 )
@@ -36,10 +37,9 @@ NETWORK = "qh-fleet"
 REDIS_DOWN_ALERTS = {("RedisDown", f"{CORE}:9121")} | {
     ("ApplyLayerRedisUnreachable", f"{name}:8000") for name in APPLY_HOSTS
 }
-APPLY_METRICS = (
-    "import urllib.request; "
-    "print(urllib.request.urlopen('http://127.0.0.1:8000/metrics', timeout=5).read().decode())"
-)
+# Over mutual TLS, shown the endpoint's own certificate (the role's health check does the same).
+APPLY_METRICS = "https://127.0.0.1:8000/metrics"
+APPLY_METRICS_CERT = "/etc/quantum/tls/apply-layer/metrics"
 KILLS = 3
 # The fleet's apply_layer_auto_trip_dead_letters_per_min and APPLY_AUTO_TRIP_CHECKS (one check a second).
 DEAD_LETTERS_PER_MIN = 30
@@ -75,7 +75,7 @@ def unit_restarts(host: Host) -> int:
 
 
 def firing_alerts(core: Host) -> set[tuple[str, str]]:
-    alerts = http_json(core, "http://127.0.0.1:9090/api/v1/alerts")["data"]["alerts"]
+    alerts = prometheus_api(core, "alerts")["data"]["alerts"]
     return {
         (alert["labels"]["alertname"], alert["labels"].get("instance", ""))
         for alert in alerts
@@ -85,8 +85,7 @@ def firing_alerts(core: Host) -> set[tuple[str, str]]:
 
 def reaches_redis(host: Host) -> bool:
     """The apply layer's own view: its last Redis command went through (apply_redis_up)."""
-    metrics = host.run("python3 -c %s", APPLY_METRICS)
-    return metrics.rc == 0 and "\napply_redis_up 1.0\n" in metrics.stdout
+    return "\napply_redis_up 1.0\n" in metrics(host, APPLY_METRICS, APPLY_METRICS_CERT)
 
 
 def docker(*args: str) -> None:

@@ -1,6 +1,16 @@
 """Both apply hosts run, reach Redis over the network only over TLS with their ACL user, and are scraped."""
 
-from conftest import APPLY_HOSTS, CORE, RELEASE_PYTHON, http_json, wait_for
+import pytest
+from conftest import (
+    APPLY_HOSTS,
+    CORE,
+    RELEASE_PYTHON,
+    http_json,
+    prometheus_api,
+    wait_for,
+    web_logins,
+)
+from scenario_helpers import HTTP, assert_answers_prometheus_only
 from testinfra.host import Host
 
 # The deployed env file's REDIS_URL (read there, so the password is never on a command line).
@@ -18,7 +28,7 @@ PLAIN_LOGIN = (
 # Over TLS without credentials (the default user is off). RESP2, so the answer is the plain NOAUTH.
 ANONYMOUS_PING = (
     f"import redis; print(redis.Redis(host='{CORE}', protocol=2, socket_timeout=5, ssl=True, "
-    "ssl_ca_certs='/etc/quantum/tls/redis-ca.crt').ping())"
+    "ssl_ca_certs='/etc/quantum/tls/ca.crt').ping())"
 )
 
 
@@ -58,9 +68,32 @@ def test_prometheus_scrapes_every_target_up(core: Host) -> None:
     seen: dict[tuple[str, str], str] = {}
 
     def all_up() -> bool:
-        targets = http_json(core, "http://127.0.0.1:9090/api/v1/targets")["data"]["activeTargets"]
+        targets = prometheus_api(core, "targets")["data"]["activeTargets"]
         seen.clear()
         seen.update({(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in targets})
         return set(seen) == expected and set(seen.values()) == {"up"}
 
     assert wait_for(all_up), seen
+
+
+# Every metrics endpoint Prometheus scrapes across hosts, over mutual TLS.
+METRICS_URLS = [f"{CORE}:9100", f"{CORE}:9121", *(f"{name}:8000" for name in APPLY_HOSTS)]
+
+
+@pytest.mark.parametrize("target", METRICS_URLS)
+def test_metrics_answer_prometheus_certificate_only(core: Host, target: str) -> None:
+    """From the core host, which the firewall lets through (the apply hosts are dropped before TLS,
+    test_firewall.py)."""
+    assert_answers_prometheus_only(core, target)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9090/api/v1/targets", "http://127.0.0.1:9093/api/v2/status"]
+)
+def test_web_api_answers_only_a_web_user(core: Host, url: str) -> None:
+    """Prometheus and Alertmanager behind --web.config.file on Debian 13 (the infra scenario: Debian 12)."""
+    for login in ("", "operator:not-the-password-0123456789"):
+        refused = core.run("python3 -c %s %s %s %s", HTTP, url, "", login)
+        assert refused.rc != 0, refused.stdout
+        assert "HTTP Error 401" in refused.stderr, refused.stderr
+    assert http_json(core, url, login=web_logins()["operator"])

@@ -9,14 +9,21 @@ from testinfra.host import Host
 REDIS = "127.0.0.1:6379"
 PROMETHEUS = "http://127.0.0.1:9090"
 # Run inside the container (the services listen on its loopback only): GET argv[1], with basic auth when
-# argv[2] is "user:password" (test-only secrets), and print the body, or the status with --status.
+# argv[2] is "user:password" (test-only secrets), and print the body, or the status with --status. An
+# https:// URL (the exporters, over mutual TLS) is verified with the private CA and shown Prometheus's
+# client certificate.
 URL_READER = """
-import base64, sys, urllib.error, urllib.request
+import base64, ssl, sys, urllib.error, urllib.request
 request = urllib.request.Request(sys.argv[1])
 if len(sys.argv) > 2 and sys.argv[2]:
     request.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
+context = None
+if sys.argv[1].startswith("https:"):
+    context = ssl.create_default_context(cafile="/etc/quantum/tls/ca.crt")
+    client = "/etc/prometheus/tls/prometheus-client"
+    context.load_cert_chain(client + ".crt", client + ".key")
 try:
-    with urllib.request.urlopen(request, timeout=5) as answer:
+    with urllib.request.urlopen(request, timeout=5, context=context) as answer:
         print(answer.status if "--status" in sys.argv else answer.read().decode())
 except urllib.error.HTTPError as error:
     if "--status" not in sys.argv:

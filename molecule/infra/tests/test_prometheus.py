@@ -29,7 +29,7 @@ def test_jobs_are_up_and_labelled_with_env(host: Host) -> None:
 
 
 def test_redis_exporter_authenticates(host: Host) -> None:
-    assert "redis_up 1" in http_text(host, "http://127.0.0.1:9121/metrics").splitlines()
+    assert "redis_up 1" in http_text(host, "https://127.0.0.1:9121/metrics").splitlines()
 
 
 def test_alertmanager_is_ready_and_wired(host: Host) -> None:

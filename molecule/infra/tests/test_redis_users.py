@@ -6,7 +6,7 @@ permissions (what the apply layer's claim and the operator's switch rely on).
 """
 
 import pytest
-from infra_helpers import inventory, redis_cli
+from infra_helpers import URL_READER, inventory, redis_cli
 from redis_user_matrix import MATRIX, P33, PERMIT
 from testinfra.host import Host
 
@@ -61,11 +61,11 @@ def test_exporter_sends_its_password_to_no_other_target(host: Host) -> None:
     """/scrape?target= makes the exporter log in to any Redis it is pointed at: a listener on the host
     stands in for an attacker's Redis and records what the exporter sends it."""
     listener = host.run(
-        "timeout 8 python3 -c %s & sleep 1; python3 -c %s >/dev/null; wait",
+        "timeout 8 python3 -c %s & sleep 1; python3 -c %s %s >/dev/null; wait",
         "import socket; s = socket.create_server(('127.0.0.1', 16380)); s.settimeout(6); c, _ = s.accept(); "
         "c.settimeout(3); print(c.recv(4096).decode(errors='replace'))",
-        "import urllib.request as u; "
-        "u.urlopen('http://127.0.0.1:9121/scrape?target=redis://127.0.0.1:16380', timeout=5)",
+        URL_READER,
+        "https://127.0.0.1:9121/scrape?target=redis://127.0.0.1:16380",
     )
     received = listener.stdout
     assert "CLIENT" in received, (

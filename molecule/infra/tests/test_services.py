@@ -4,7 +4,7 @@ import re
 
 import pytest
 from infra_helpers import http_text
-from scenario_helpers import assert_unit_running
+from scenario_helpers import assert_answers_prometheus_only, assert_unit_running
 from testinfra.host import Host
 
 UNITS = [
@@ -37,9 +37,14 @@ def test_unit_is_sandboxed(host: Host, unit: str) -> None:
 def test_node_exporter_still_sees_the_host(host: Host) -> None:
     """The sandbox hides /proc but processes by default (ProcSubset=pid); the node exporter's drop-in
     gives it back the rest of /proc, or it would export no memory or CPU at all."""
-    metrics = http_text(host, "http://127.0.0.1:9100/metrics")
+    metrics = http_text(host, "https://127.0.0.1:9100/metrics")
     assert "\nnode_memory_MemTotal_bytes " in metrics
     assert "\nnode_cpu_seconds_total{" in metrics
+
+
+@pytest.mark.parametrize("port", [9100, 9121])
+def test_metrics_answer_prometheus_certificate_only(host: Host, port: int) -> None:
+    assert_answers_prometheus_only(host, f"127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("port", [6379, 9100, 9121, 9090, 9093])

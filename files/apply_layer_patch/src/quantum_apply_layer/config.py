@@ -47,6 +47,9 @@ class Settings:
     exchange_url: str
     metrics_addr: str
     metrics_port: int
+    metrics_tls_cert: str
+    metrics_tls_key: str
+    metrics_tls_client_ca: str
     permit_timeout_s: float
     exchange_timeout_s: float
     consumer_group: str
@@ -95,8 +98,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     values: dict[str, Any] = {
         setting.field: setting.parse(setting.name, setting.raw(env)) for setting in SETTINGS
     }
-    # The one rule across settings: which exchange a mode may reach.
+    # The rules across settings: which exchange a mode may reach; metrics over TLS all or nothing.
     _check_exchange_url(values["exchange_url"], values["testnet"])
+    _check_metrics_tls(values)
     values["exchange_url"] = values["exchange_url"].rstrip("/")
     return Settings(**values)
 
@@ -270,6 +274,39 @@ def _redis_url(name: str, raw: str) -> str:
 
 def _text(name: str, raw: str) -> str:
     return raw
+
+
+def _readable_file(name: str, raw: str) -> str:
+    """An absolute path to a file this process can read now, or empty: a missing certificate stops
+    check-config and start-up with its name, not a traceback at the first scrape."""
+    path = raw.strip()
+    if not path:
+        return ""
+    if not Path(path).is_absolute():
+        raise ConfigError(f"{name}={path!r}: accepted values: an absolute path to a readable file, or empty")
+    try:
+        with Path(path).open("rb"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{name}={path!r}: cannot read it: {error.strerror}") from None
+    return path
+
+
+METRICS_TLS_FIELDS = ("metrics_tls_cert", "metrics_tls_key", "metrics_tls_client_ca")
+
+
+def _check_metrics_tls(values: Mapping[str, Any]) -> None:
+    """Metrics over TLS always ask for a client certificate: a certificate without its key or without
+    the CA of the clients is refused, never served half-open."""
+    names = {setting.field: setting.name for setting in SETTINGS}
+    missing = [names[field] for field in METRICS_TLS_FIELDS if not values[field]]
+    if 0 < len(missing) < len(METRICS_TLS_FIELDS):
+        given = [names[field] for field in METRICS_TLS_FIELDS if values[field]]
+        raise ConfigError(
+            f"{', '.join(given)} set without {', '.join(missing)}: metrics over TLS need the server's "
+            "certificate, its key and the CA that signs Prometheus's client certificate (set all three, "
+            "or none for plain HTTP)"
+        )
 
 
 def _address(name: str, value: str) -> str:
@@ -451,6 +488,31 @@ SETTINGS: tuple[Setting, ...] = (
         accepts="an IP address of this host",
     ),
     Setting("APPLY_METRICS_PORT", "metrics_port", Whole(0, 65535), "8000", "port of the Prometheus endpoint"),
+    Setting(
+        "APPLY_METRICS_TLS_CERT",
+        "metrics_tls_cert",
+        _readable_file,
+        "",
+        "the endpoint's certificate: with the two below it serves HTTPS only, to clients with a "
+        "certificate signed by the client CA (mutual TLS); all three empty: plain HTTP",
+        accepts="an absolute path to a readable file, or empty",
+    ),
+    Setting(
+        "APPLY_METRICS_TLS_KEY",
+        "metrics_tls_key",
+        _readable_file,
+        "",
+        "the private key of APPLY_METRICS_TLS_CERT",
+        accepts="an absolute path to a readable file, or empty",
+    ),
+    Setting(
+        "APPLY_METRICS_TLS_CLIENT_CA",
+        "metrics_tls_client_ca",
+        _readable_file,
+        "",
+        "the CA whose client certificates may scrape (Prometheus's); others are refused in the handshake",
+        accepts="an absolute path to a readable file, or empty",
+    ),
     Setting(
         "APPLY_PERMIT_TIMEOUT_MS",
         "permit_timeout_s",

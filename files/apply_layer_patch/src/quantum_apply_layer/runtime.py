@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
@@ -98,15 +99,32 @@ def publish_build_info(settings: Settings) -> None:
     metrics.apply_exchange_up.set(0)
 
 
+def start_metrics_server(settings: Settings) -> WSGIServer:
+    """Plain HTTP, or with the TLS settings HTTPS that refuses any client without a certificate
+    signed by the client CA (Prometheus's)."""
+    tls = bool(settings.metrics_tls_cert)
+    server, _thread = start_http_server(
+        settings.metrics_port,
+        settings.metrics_addr,
+        registry=metrics.REGISTRY,
+        certfile=settings.metrics_tls_cert or None,
+        keyfile=settings.metrics_tls_key or None,
+        client_cafile=settings.metrics_tls_client_ca or None,
+        client_auth_required=tls,
+    )
+    return server
+
+
 async def serve(settings: Settings, credentials: Credentials) -> None:
     publish_build_info(settings)
     try:
-        start_http_server(settings.metrics_port, settings.metrics_addr, registry=metrics.REGISTRY)
+        start_metrics_server(settings)
     except OSError as error:
         raise StartupError(
             EXIT_CONFIG,
             f"APPLY_METRICS_ADDR={settings.metrics_addr} APPLY_METRICS_PORT={settings.metrics_port}: cannot "
-            f"listen ({error.strerror}): free the port or choose another",
+            f"listen ({error.strerror or error}): free the port or choose another, and check "
+            "APPLY_METRICS_TLS_* name this endpoint's certificate and key",
         ) from None
     redis = connect_redis(settings)
     exchange = Exchange(

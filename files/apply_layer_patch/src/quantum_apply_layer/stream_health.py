@@ -3,6 +3,7 @@ own metrics endpoint: the stream lives in the service's memory, and its metrics 
 
 from __future__ import annotations
 
+import ssl
 import time
 
 import aiohttp
@@ -16,7 +17,18 @@ _ANY_ADDRESS = {"0.0.0.0", "::", ""}  # noqa: S104 - where the service listens, 
 
 def metrics_url(settings: Settings) -> str:
     host = "127.0.0.1" if settings.metrics_addr in _ANY_ADDRESS else settings.metrics_addr
-    return f"http://{host}:{settings.metrics_port}/metrics"
+    scheme = "https" if settings.metrics_tls_cert else "http"
+    return f"{scheme}://{host}:{settings.metrics_port}/metrics"
+
+
+def metrics_client_tls(settings: Settings) -> ssl.SSLContext | bool:
+    """Over mutual TLS the CLI (root, beside the service) shows the endpoint its own certificate: one
+    private CA signs both the servers' and the clients' certificates (README, "Metrics over mutual TLS")."""
+    if not settings.metrics_tls_cert:
+        return True
+    context = ssl.create_default_context(cafile=settings.metrics_tls_client_ca)
+    context.load_cert_chain(settings.metrics_tls_cert, settings.metrics_tls_key)
+    return context
 
 
 async def read_stream_health(settings: Settings) -> dict[str, object]:
@@ -24,7 +36,7 @@ async def read_stream_health(settings: Settings) -> dict[str, object]:
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=READ_TIMEOUT_S)) as session,
-            session.get(url) as response,
+            session.get(url, ssl=metrics_client_tls(settings)) as response,
         ):
             text = await response.text()
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
