@@ -69,6 +69,12 @@ def test_decision_gate_lets_only_an_executable_plan_through(
             "held_back: the exchange's orders_10s budget is used up for 1.5s; nothing sent, permits kept",
             "exchange_limit",
         ),
+        (
+            ["held_back", "blocked", 29500],
+            "blocked",
+            "held_back: a Retry-After holds every process for 29.5s; nothing sent, permits kept",
+            "exchange_limit",
+        ),
         (["surprise"], "blocked", "unexpected claim answer 'surprise'", "claim"),
     ],
 )

@@ -151,7 +151,7 @@ async def test_orders_the_exchange_budget_cannot_take_are_blocked_before_the_cla
         await plan(redis, "banned")
         result = (await wait_for_results(redis, 1))["banned"]
     assert result["status"] == "blocked", result
-    assert result["reason"].startswith("held_back: the exchange's blocked budget"), result
+    assert result["reason"].startswith("held_back: a Retry-After holds every process"), result
     assert emulator.orders() == []
     assert await redis.exists(keys.governor_permit("banned"), keys.p33_permit("banned")) == 2  # kept
     mark = json.loads(await redis.get(keys.dedupe_mark("banned")))

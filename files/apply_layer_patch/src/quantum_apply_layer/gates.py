@@ -114,12 +114,14 @@ def claim_verdict(claim: ClaimResult) -> Verdict | None:
         return Verdict(ResultStatus.BLOCKED, f"permit_denied: {claim.detail}", "permit")
     if claim.kind == "held_back":
         limit, _, wait_ms = claim.detail.partition(":")
-        return Verdict(
-            ResultStatus.BLOCKED,
-            f"held_back: the exchange's {limit} budget is used up for {int(wait_ms or 0) / 1000:.1f}s; "
-            "nothing sent, permits kept",
-            "exchange_limit",
+        wait = f"{int(wait_ms or 0) / 1000:.1f}s"
+        why = (
+            f"a Retry-After holds every process for {wait}"
+            if limit == "blocked"
+            else f"the exchange's {limit} budget is used up for {wait}"
         )
+        reason = f"held_back: {why}; nothing sent, permits kept"
+        return Verdict(ResultStatus.BLOCKED, reason, "exchange_limit")
     return Verdict(ResultStatus.BLOCKED, f"unexpected claim answer {claim.kind!r}", "claim")
 
 
