@@ -94,7 +94,7 @@ async def test_a_claim_counts_its_orders_in_the_exchange_budget_once(redis: Redi
     assert (await claimed(redis, plan, Budget(1920, 240, 960))).kind == "claimed"
     assert await orders_counted(redis) == [2, 2]  # a close and a stop, counted with the claim
     assert (await claimed(redis, plan, Budget(1920, 240, 960))).kind == "resume"
-    assert await orders_counted(redis) == [2, 2]  # a resumed plan's orders pass the limiter one by one
+    assert await orders_counted(redis) == [2, 2]  # resumed: sent on the claim's count, not counted again
 
 
 async def test_a_full_budget_claims_nothing_and_keeps_the_permits(redis: Redis) -> None:

@@ -204,12 +204,12 @@ class StepExecutor:
         """The share of the exchange's limits a plan may use, for claim.lua to count its orders in."""
         return self._exchange.budget(emergency)
 
-    def refreshed(self, plan: Plan, prepared: Prepared, counted: bool) -> Prepared:
-        """After the claim, locally: a change the stream pushed while the plan waited for its permits,
-        and whether the claim counted the orders."""
+    def refreshed(self, plan: Plan, prepared: Prepared) -> Prepared:
+        """After the claim, locally: a change the stream pushed while the plan waited for its permits;
+        and the orders are the claim's, counted in the exchange's budget when it was first made."""
         held = self._book.usable(plan.symbol)
         fresh = prepared if isinstance(held, Unusable) else replace(prepared, held=held)
-        return replace(fresh, orders_counted=counted)
+        return replace(fresh, orders_counted=True)
 
     async def run(
         self, plan: Plan, index: int, p33: dict[str, object], resumed: bool, prepared: Prepared

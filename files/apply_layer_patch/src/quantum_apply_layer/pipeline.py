@@ -103,8 +103,10 @@ class PlanPipeline:
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
 
-        # A fresh claim counted the orders in the exchange's budget; a resumed one did not.
-        prepared = self.executor.refreshed(plan, prepared, counted=claim.kind == "claimed")
+        # The claim counted the orders in the exchange's budget when it was first made. A plan resumed
+        # (its WAIT failed, a restart) sends on that count: counting again would hold plans back for
+        # orders never sent, and the exchange's own count, read back after each answer, corrects ours.
+        prepared = self.executor.refreshed(plan, prepared)
         outcomes: list[StepOutcome] = []
         try:
             await self._execute(
