@@ -43,7 +43,8 @@ local function exchange_budget_refuses()
 end
 
 -- An operator's emergency close: allowed whatever the switch says, but only with the one-time token
--- the CLI wrote, and only for a plan that reduces a position. Permits and rate limits do not apply.
+-- the CLI wrote, and only for a plan that reduces a position. Permits and our own order-rate limits do
+-- not apply; the exchange's budget does, with the headroom kept for emergencies (ARGV 11 to 13).
 if ARGV[9] == '1' then
   if ARGV[3] ~= '1' then
     return {'denied', 'emergency', 'not_reduce_only'}

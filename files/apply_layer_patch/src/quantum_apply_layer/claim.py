@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from . import exchange_limits, keys
+from . import keys
 from .config import Settings
 from .decoding import text
-from .exchange_limits import ENDPOINT_COSTS, Budget
+from .exchange_limits import BUDGET_KEYS, ENDPOINT_COSTS, Budget
 from .plan import OrderType, Plan
 
 CLAIM_KEYS = (
@@ -66,10 +66,7 @@ def claim_keys(plan_id: str, symbol: str) -> list[str]:
         keys.rate_counter("global"),
         keys.rate_counter(symbol),
         keys.emergency_token(plan_id),
-        exchange_limits.WEIGHT_KEY,
-        exchange_limits.ORDERS_10S_KEY,
-        exchange_limits.ORDERS_1M_KEY,
-        exchange_limits.BLOCKED_UNTIL_KEY,
+        *BUDGET_KEYS,
     ]
 
 

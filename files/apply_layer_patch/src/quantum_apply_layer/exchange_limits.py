@@ -24,6 +24,8 @@ WEIGHT_KEY = "quantum:apply:exchange:weight_1m"
 ORDERS_10S_KEY = "quantum:apply:exchange:orders_10s"
 ORDERS_1M_KEY = "quantum:apply:exchange:orders_1m"
 BLOCKED_UNTIL_KEY = "quantum:apply:exchange:blocked_until_ms"
+# The budget's keys in exchange_budget.lua's order, for the limiter and for claim.lua alike.
+BUDGET_KEYS = (WEIGHT_KEY, ORDERS_10S_KEY, ORDERS_1M_KEY, BLOCKED_UNTIL_KEY)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class HeldBack:
 class SharedLimiter:
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(lua_source("exchange_budget.lua", "exchange_limits.lua"))
-        self._keys = [WEIGHT_KEY, ORDERS_10S_KEY, ORDERS_1M_KEY, BLOCKED_UNTIL_KEY]
+        self._keys = list(BUDGET_KEYS)
 
     async def reserve(self, endpoint: str, budget: Budget) -> HeldBack | None:
         """Count the call before it is made; a HeldBack when it must not be made now. Without Redis the
