@@ -110,3 +110,53 @@ def assert_unit_running(host: Host, unit: str) -> None:
     service = host.service(unit)
     assert service.is_running, f"{unit} is not running:\n{journal(host, unit)}"
     assert service.is_enabled, f"{unit} is not enabled at boot"
+
+
+# Each service its own system user (roles/exporters/tasks/users.yml, roles/alertmanager); Prometheus keeps
+# Debian's prometheus. Both Redis exporters hold the same password and share one user.
+UNIT_USERS = {
+    "prometheus": "prometheus",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "prometheus-node-exporter": "prometheus-node-exporter",
+    "prometheus-redis-exporter": "prometheus-redis-exporter",
+    "prometheus-redis-exporter-sentinel": "prometheus-redis-exporter",
+}
+# The secrets each of those users reads through its group, and no other of them may.
+SECRETS = {
+    "prometheus": [f"{PROMETHEUS_CLIENT}.key", "/etc/prometheus/web.yml"],
+    "prometheus-alertmanager": ["/etc/prometheus/alertmanager.yml", "/etc/prometheus/alertmanager-web.yml"],
+    "prometheus-node-exporter": ["/etc/quantum/tls/prometheus-node-exporter/metrics.key"],
+    "prometheus-redis-exporter": [
+        "/etc/quantum/tls/prometheus-redis-exporter/metrics.key",
+        "/etc/default/prometheus-redis-exporter.passwords.json",
+        "/etc/default/prometheus-redis-exporter-sentinel.passwords.json",
+    ],
+}
+
+
+def assert_runs_as_its_own_user(host: Host, unit: str) -> None:
+    """The unit names its user and its running process is that user's."""
+    user = UNIT_USERS[unit]
+    assert host.check_output("systemctl show -p User --value %s", unit) == user
+    pid = host.check_output("systemctl show -p MainPID --value %s", unit)
+    assert pid != "0", f"{unit} is not running:\n{journal(host, unit)}"
+    assert host.check_output("ps -o user:40= -p %s", pid) == user
+
+
+def secret_readers(host: Host) -> dict[str, set[str]]:
+    """For each secret on this host, which of the service users can read it (a real `cat` as each)."""
+    users = [user for user in SECRETS if host.user(user).exists]
+    return {
+        path: {user for user in users if host.run("runuser -u %s -- cat %s", user, path).rc == 0}
+        for paths in SECRETS.values()
+        for path in paths
+        if host.file(path).exists
+    }
+
+
+def assert_each_secret_is_its_owners_only(host: Host, owners: set[str]) -> None:
+    """Every secret of `owners` is on this host, and each secret here is readable by its own user only."""
+    readers = secret_readers(host)
+    expected = {path: {user} for user, paths in SECRETS.items() for path in paths if path in readers}
+    assert {user for paths in expected.values() for user in paths} == owners, readers
+    assert readers == expected

@@ -10,7 +10,14 @@ from conftest import (
     wait_for,
     web_logins,
 )
-from scenario_helpers import HTTP, assert_answers_prometheus_only
+from scenario_helpers import (
+    HTTP,
+    SECRETS,
+    UNIT_USERS,
+    assert_answers_prometheus_only,
+    assert_each_secret_is_its_owners_only,
+    assert_runs_as_its_own_user,
+)
 from testinfra.host import Host
 
 # The deployed env file's REDIS_URL (read there, so the password is never on a command line).
@@ -97,3 +104,13 @@ def test_web_api_answers_only_a_web_user(core: Host, url: str) -> None:
         assert refused.rc != 0, refused.stdout
         assert "HTTP Error 401" in refused.stderr, refused.stderr
     assert http_json(core, url, login=web_logins()["operator"])
+
+
+@pytest.mark.parametrize("unit", [unit for unit in UNIT_USERS if not unit.endswith("-sentinel")])
+def test_each_monitoring_service_runs_as_its_own_user(core: Host, unit: str) -> None:
+    """On Debian 13's packages, the core host running all four (the infra scenario: Debian 12)."""
+    assert_runs_as_its_own_user(core, unit)
+
+
+def test_each_secret_on_the_core_is_readable_by_its_own_service_only(core: Host) -> None:
+    assert_each_secret_is_its_owners_only(core, set(SECRETS))

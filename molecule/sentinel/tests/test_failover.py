@@ -25,6 +25,7 @@ from conftest import (
     sentinel_cli,
     wait_for,
 )
+from scenario_helpers import UNIT_USERS, assert_each_secret_is_its_owners_only, assert_runs_as_its_own_user
 from testinfra.host import Host
 
 EMULATOR = "http://127.0.0.1:8090/_emulator"
@@ -118,6 +119,15 @@ def test_one_primary_two_replicas_and_three_sentinels(nodes: dict[str, Host]) ->
     for host in nodes.values():
         assert host.service("redis-sentinel").is_running
         assert host.service("prometheus-redis-exporter-sentinel").is_running
+
+
+def test_each_exporter_runs_as_its_own_user_and_reads_its_own_secrets(nodes: dict[str, Host]) -> None:
+    """The Sentinel's exporter, the role's own unit, shares the Redis exporter's user and key."""
+    exporters = [unit for unit in UNIT_USERS if "exporter" in unit]
+    for host in nodes.values():
+        for unit in exporters:
+            assert_runs_as_its_own_user(host, unit)
+        assert_each_secret_is_its_owners_only(host, {"prometheus-node-exporter", "prometheus-redis-exporter"})
 
 
 def acl_rules(line: str) -> tuple[frozenset[str], frozenset[frozenset[str]]]:
