@@ -447,13 +447,12 @@ async def test_an_answer_that_is_only_ack_is_looked_up_for_what_was_filled(
 ) -> None:
     emulator.set_positions({"BTCUSDT": 0.5})
     emulator.set_faults(Faults(fill_ratio=0.5))
-    create_order = exchange._client.create_order
+    post_order = exchange._client.fapiPrivatePostOrder
 
-    async def ack_only(*args: Any) -> Any:  # an exchange that answers before the order is worked
-        *order, params = args
-        return await create_order(*order, {**params, "newOrderRespType": "ACK"})
+    async def ack_only(params: dict[str, str]) -> Any:  # an exchange that answers before the order is worked
+        return await post_order({**params, "newOrderRespType": "ACK"})
 
-    monkeypatch.setattr(exchange._client, "create_order", ack_only)
+    monkeypatch.setattr(exchange._client, "fapiPrivatePostOrder", ack_only)
     lookups_before = _count("order_query")
     ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.2, "qh-ack-0")
     assert (ack.status, ack.filled_qty, ack.orig_qty) == ("EXPIRED", 0.1, 0.2)

@@ -3,8 +3,8 @@
 - Sends are never retried: a retried POST can open a second order. After a send fails with an unknown
   outcome (`ExchangeError.outcome_unknown`), the caller looks the order up before trying again.
 - Lookups (ping, positions, orders) retry network failures and timeouts a few times with a short backoff.
-- Reduce-only closes go to /fapi/v1/order and ask for the order's final state (ccxt sends
-  `newOrderRespType=RESULT`; an answer that is only `NEW` is looked up once). Protective stops are
+- Reduce-only closes go to /fapi/v1/order and ask for the order's final state (`newOrderRespType=RESULT`;
+  an answer that is only `NEW` is looked up once). Protective stops are
   conditional orders on the algo order API (/fapi/v1/algoOrder, `clientAlgoId`), routed there by ccxt.
 - Every request first passes the limits (`exchange_limits`): weight and order counts shared in Redis by
   every process on the account, fed by the `X-MBX-*` headers; after a 429 or a 418 nothing is sent until
@@ -385,19 +385,28 @@ class Exchange:
         if not (math.isfinite(quantity) and quantity > 0):
             raise self._local_rejection(f"quantity must be a positive number, got {quantity}")
         try:
-            amount = float(self._client.amount_to_precision(unified, quantity))
+            amount = self._client.amount_to_precision(unified, quantity)
         except ccxt_errors.BaseError as error:
             raise self._local_rejection(f"{symbol} quantity {quantity} rounds to nothing: {error}") from error
-        # ccxt asks newOrderRespType=RESULT for futures: the answer carries the final state.
-        params = {"reduceOnly": True, "newClientOrderId": client_order_id}
+        # Binance's own parameters on ccxt's implicit endpoint, which signs them: the unified create_order
+        # would build the same body with 0.2 ms more work. RESULT: the answer carries the final state.
+        params = {
+            "symbol": symbol,
+            "side": side,
+            "type": "MARKET",
+            "quantity": amount,
+            "reduceOnly": "true",
+            "newClientOrderId": client_order_id,
+            "newOrderRespType": "RESULT",
+        }
         metrics.apply_orders_sent_total.labels(type="MARKET").inc()
-        order = await self._request(
+        order: dict[str, Any] = await self._request(
             "order_new",
-            lambda: self._client.create_order(unified, "market", side.lower(), amount, None, params),
+            partial(self._client.fapiPrivatePostOrder, params),
             emergency=emergency,
             counted=counted,
         )
-        ack = _ack(order["info"])
+        ack = _ack(order)
         if ack.status == "NEW":
             found = await self.find_order(symbol, client_order_id, emergency=emergency)
             return found if found is not None else ack

@@ -92,6 +92,8 @@ class PlanPipeline:
 
         # The claim and its WAIT on one connection: WAIT counts only what its own connection wrote, so
         # on another pooled connection it could confirm an older write while the claim is not on a replica.
+        # The connection goes back to the pool after the orders: giving it back takes a few turns of the
+        # event loop (0.15 ms on the bench), which the order does not wait for.
         async with self.redis.client() as connection:
             claim = await self._claim_waiting_for_permits(plan, entry_id, connection)
             verdict = gates.claim_verdict(claim)
@@ -102,7 +104,15 @@ class PlanPipeline:
             if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
+            result = await self._send_claimed(plan, entry_id, claim, prepared, resumed=recovered)
+        await self._record(entry_id, result, started, claim_mark=claim.mark)
+        if plan.emergency:
+            metrics.apply_emergency_close_total.labels(result.status).inc()
 
+    async def _send_claimed(
+        self, plan: Plan, entry_id: str, claim: ClaimResult, prepared: Prepared, resumed: bool
+    ) -> Result:
+        """The claimed plan's orders; the result says which steps were sent and what failed."""
         # The claim counted the orders in the exchange's budget when it was first made. A plan resumed
         # (its WAIT failed, a restart) sends on that count: counting again would hold plans back for
         # orders never sent, and the exchange's own count, read back after each answer, corrects ours.
@@ -110,7 +120,7 @@ class PlanPipeline:
         outcomes: list[StepOutcome] = []
         try:
             await self._execute(
-                plan, entry_id, claim, prepared, outcomes, resumed=recovered or claim.kind == "resume"
+                plan, entry_id, claim, prepared, outcomes, resumed=resumed or claim.kind == "resume"
             )
         except RedisUnavailable:
             raise  # the claim stays, and the plan resumes with a lookup once Redis answers
@@ -121,10 +131,7 @@ class PlanPipeline:
             # Whatever broke, orders may be out: the result says which steps were sent and what failed.
             log.exception("plan %s: step %d failed unexpectedly", plan.plan_id, len(outcomes))
             outcomes.append(await self.executor.settle_unexpected(plan, len(outcomes), error))
-        result = _result_of(plan, outcomes)
-        await self._record(entry_id, result, started, claim_mark=claim.mark)
-        if plan.emergency:
-            metrics.apply_emergency_close_total.labels(result.status).inc()
+        return _result_of(plan, outcomes)
 
     async def _unprepared(self, plan: Plan, error: PositionUnknown | FilterError) -> gates.Verdict:
         """Why a plan that could not be prepared stops. A position nobody can read is an error, unless
@@ -186,8 +193,11 @@ class PlanPipeline:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                # asyncio.timeout rather than wait_for: no task of its own, so a permit wakes the plan
+                # one turn of the event loop sooner.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await changed.wait()
         if not self.settings.testnet:
             waited = time.perf_counter() - waited_from
             metrics.permit_wait_ms.observe(waited * 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -145,6 +146,7 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
     log.info("starting", extra={"version": __version__, **settings.describe()})
     monitor_task = asyncio.create_task(monitor.run(service.stopping), name="monitor")
     run_task = asyncio.create_task(service.run(), name="apply-layer")
+    freeze_task = asyncio.create_task(freeze_heap_once_started(service), name="gc-freeze")
     # Ready once serving: with Redis down the service stays up, halted (fail closed) and alerting,
     # rather than being restarted in a loop by systemd.
     notify("READY=1")
@@ -155,11 +157,20 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
     except PositionModeRefused as refused:
         raise StartupError(EXIT_EXCHANGE, str(refused)) from None
     finally:
+        freeze_task.cancel()  # a service that never started has nothing to freeze
         service.stop()
         await monitor_task
         await exchange.close()
         await redis.aclose()
         log.info("stopped")
+
+
+async def freeze_heap_once_started(service: ApplyLayer) -> None:
+    """Once the modules and the exchange's markets are loaded, move them out of the garbage collector's
+    sight: a full collection would walk them all (some 60 ms on the bench machine) while a plan or the
+    kill switch waits behind it. What is frozen lives as long as the process anyway."""
+    await service.ready.wait()
+    gc.freeze()
 
 
 def _stopper(service: ApplyLayer, notify: Notifier) -> Callable[[], None]:
