@@ -85,6 +85,10 @@ class DelayProxy:
                 self._pump(client_reader, target_writer, self._stamp_orders),
                 self._pump(target_reader, client_writer),
             )
+        except asyncio.CancelledError:
+            # The proxy is stopping. Ended quietly: Python 3.11's streams print a traceback for a
+            # connection handler that ends cancelled.
+            pass
         finally:
             for writer in (client_writer, target_writer):
                 self._writers.discard(writer)
