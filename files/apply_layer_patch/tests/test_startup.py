@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from conftest import SettingsFactory
 from plans import permits, plan_fields
 from redis import Redis as SyncRedis
 from redis_server import RedisServer, free_port
@@ -22,7 +23,7 @@ from service_process import ServiceProcess
 
 from quantum_apply_layer import keys
 from quantum_apply_layer.emulator import ExchangeEmulator
-from quantum_apply_layer.runtime import freeze_heap_once_started
+from quantum_apply_layer.runtime import connect_redis, freeze_heap_once_started
 from quantum_apply_layer.service import ApplyLayer
 
 
@@ -195,3 +196,13 @@ async def test_once_started_the_loaded_heap_is_out_of_the_collectors_sight() -> 
         assert gc.get_freeze_count() > tracked / 2
     finally:
         gc.unfreeze()
+
+
+async def test_the_redis_pool_holds_every_plan_in_flight(make_settings: SettingsFactory) -> None:
+    """Each plan in flight keeps its claim's connection until its orders are out, and may take a second;
+    redis-py refuses a connection beyond its pool's size (100 by default) rather than waiting for one."""
+    redis = connect_redis(make_settings(APPLY_MAX_IN_FLIGHT="1024"))
+    try:
+        assert redis.connection_pool.max_connections >= 2 * 1024
+    finally:
+        await redis.aclose()

@@ -12,7 +12,7 @@ Binance rules kept on purpose (the service must cope with each in production):
   is refused (-4130);
 - a reduce-only order that would open, flip or exceed the position is refused with -2022;
 - a stop that would trigger at once is refused with -2021;
-- `newOrderRespType=ACK` answers `NEW` with nothing executed; RESULT (what ccxt asks) the final state;
+- `newOrderRespType=ACK` answers `NEW` with nothing executed; RESULT (what the adapter asks) the final state;
 - in hedge mode (dual-side positions) `reduceOnly` is refused (-1106) and `positionSide` must be
   LONG or SHORT (-4061); in one-way mode only BOTH.
 

@@ -93,8 +93,10 @@ class PlanPipeline:
         # The claim and its WAIT on one connection: WAIT counts only what its own connection wrote, so
         # on another pooled connection it could confirm an older write while the claim is not on a replica.
         # The connection goes back to the pool after the orders: giving it back takes a few turns of the
-        # event loop (0.15 ms on the bench), which the order does not wait for.
-        async with self.redis.client() as connection:
+        # event loop (0.15 ms on the bench), which the order does not wait for (the result's record does).
+        async with contextlib.AsyncExitStack() as held:
+            with redis_guard("claim connection"):  # a Redis that cannot give one leaves the plan pending
+                connection = await held.enter_async_context(self.redis.client())
             claim = await self._claim_waiting_for_permits(plan, entry_id, connection)
             verdict = gates.claim_verdict(claim)
             if verdict is not None:

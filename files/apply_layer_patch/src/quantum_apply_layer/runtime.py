@@ -50,6 +50,14 @@ def tls_options(redis_url: str) -> dict[str, Any]:
     return {"ssl": True, **query}
 
 
+def pool_size(settings: Settings) -> int:
+    """Connections the service may hold at once. A plan in flight keeps its claim's connection until its
+    orders are out and may take one more meanwhile (a later step's claim, a lookup's limiter); the
+    service's own work (the stream read, the permit watcher, the monitor) needs a few. redis-py refuses
+    a connection beyond its pool's size (100 by default) instead of waiting for one."""
+    return max(100, 2 * settings.max_in_flight + 16)
+
+
 def connect_redis(settings: Settings) -> Redis:
     """The primary: from REDIS_URL, or, with REDIS_SENTINELS, whichever one the Sentinels name now
     (redis-py asks them again after a connection error, so a failover needs no restart). The Sentinels
@@ -80,6 +88,7 @@ def connect_redis(settings: Settings) -> Redis:
                 password=url.password,
                 db=int(url.path.lstrip("/") or 0),
                 client_name=f"apply-layer:{settings.consumer_name}",
+                max_connections=pool_size(settings),
                 **tls,
             ),
         )
@@ -90,6 +99,7 @@ def connect_redis(settings: Settings) -> Redis:
         socket_timeout=5.0,
         health_check_interval=10,
         client_name=f"apply-layer:{settings.consumer_name}",
+        max_connections=pool_size(settings),
     )
 
 
@@ -168,8 +178,10 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
 async def freeze_heap_once_started(service: ApplyLayer) -> None:
     """Once the modules and the exchange's markets are loaded, move them out of the garbage collector's
     sight: a full collection would walk them all (some 60 ms on the bench machine) while a plan or the
-    kill switch waits behind it. What is frozen lives as long as the process anyway."""
+    kill switch waits behind it. The start-up's garbage is collected first, so that what is frozen (never
+    collected) is what lives as long as the process anyway."""
     await service.ready.wait()
+    gc.collect()
     gc.freeze()
 
 
