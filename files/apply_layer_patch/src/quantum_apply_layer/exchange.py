@@ -389,7 +389,7 @@ class Exchange:
         except ccxt_errors.BaseError as error:
             raise self._local_rejection(f"{symbol} quantity {quantity} rounds to nothing: {error}") from error
         # Binance's own parameters on ccxt's implicit endpoint, which signs them: the unified create_order
-        # would build the same body with 0.2 ms more work. RESULT: the answer carries the final state.
+        # would build the same parameters with 0.2 ms more work. RESULT: the answer carries the final state.
         params = {
             "symbol": symbol,
             "side": side,
