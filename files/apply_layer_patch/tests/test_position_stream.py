@@ -9,6 +9,7 @@ sized; a stream that lies is caught, counted, and never sizes an order above the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -18,13 +19,15 @@ import aiohttp
 import pytest
 from conftest import ServiceFactory
 from delay_proxy import DelayProxy
-from plans import add_plan, grant_permits, wait_for_results
+from plans import add_plan, grant_permits, plan_fields, wait_for_results
 from prometheus_client import generate_latest
 from redis.asyncio import Redis
+from redis.exceptions import MaxConnectionsError
 
 from quantum_apply_layer import exchange_limits, keys, metrics
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange_limits import Budget, HeldBack, SharedLimiter
+from quantum_apply_layer.redis_guard import RedisUnavailable
 from quantum_apply_layer.service import ApplyLayer
 from quantum_apply_layer.stream_health import render_stream_health, stream_health
 
@@ -295,3 +298,31 @@ async def test_a_stream_that_lies_is_caught_counted_and_never_sizes_above_the_re
     assert quantity_of(emulator, "qh-after-lie-0") == 0.5  # the real position, never the 2.0 or 3.0
     assert mismatches("BTCUSDT") >= counted + 1
     assert emulator.position_amount("BTCUSDT") == 0.0
+
+
+async def test_a_redis_pool_with_no_connection_left_leaves_the_plan_pending_and_unclaimed(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory
+) -> None:
+    """redis-py refuses a connection beyond its pool's size instead of waiting for one. A plan that cannot
+    get its claim's connection is left pending (taken up again), never claimed, never counted as poison."""
+    emulator.set_positions({"BTCUSDT": 0.8})
+    async with running_service(**QUIET) as service:
+        await fresh(service)  # the book vouches: preparing the plan needs no Redis
+        await grant_permits(redis, "dry", safe_close_qty=100.0)
+        fields = plan_fields("dry", steps=CLOSE_HALF, action="PARTIAL_50")
+        pool = service.redis.connection_pool
+        taken = []
+        try:
+            with contextlib.suppress(MaxConnectionsError):
+                while True:
+                    taken.append(await pool.get_connection())  # type: ignore[no-untyped-call]
+            with pytest.raises(RedisUnavailable, match="claim connection"):
+                await service.pipeline.handle(
+                    "1-0", {name.encode(): value.encode() for name, value in fields.items()}, False
+                )
+        finally:
+            for connection in taken:
+                await pool.release(connection)
+    assert await redis.exists(keys.dedupe_mark("dry")) == 0
+    assert await redis.get(keys.governor_permit("dry")) is not None  # permits not consumed
+    assert emulator.orders() == []
