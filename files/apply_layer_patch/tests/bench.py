@@ -2,14 +2,16 @@
 
 Everything runs as in production on one host: a real redis-server, the exchange emulator in its own
 process, and the service as `quantum-apply-layer run` in its own process (TESTNET=false, every gate),
-so neither shares a GIL with this script. Times are taken on CLOCK_MONOTONIC, which is system-wide on
+so neither shares a GIL with this script. Times are compared on CLOCK_MONOTONIC, which is system-wide on
 Linux: the emulator stamps every order it receives with it, so its stamps compare with ours.
 
 1. switch SET -> last order leaves the host: plans flow, the global switch is SET; the latency runs from
-   just before the SET is sent to the last order whose bytes left the service after it (0 when none).
+   the SET's moment in Redis (TIME, read in the same MULTI just before it) to the last order whose bytes
+   left the service after it (0 when none).
    Claims after the SET are counted, too: the dedupe marks that carry a claim, counted in the SET's own
    MULTI against those after the drain (must be 0).
-2. permit arrival -> order leaves the host: a plan waits for its permits; both are SET in one MULTI.
+2. permit arrival -> order leaves the host: a plan waits for its permits; both are SET in one MULTI,
+   whose TIME just before them is their arrival (the writer's own client time is not the gate's).
 3. plans/s through all gates, from the first plan's start to the last result (a preloaded backlog),
    and that rate against `redis-benchmark` EVAL throughput on the same Redis, in the same run; with
    the CPU each process spends per plan, and how busy the whole machine was, to say what limits it.
@@ -18,8 +20,10 @@ Linux: the emulator stamps every order it receives with it, so its stamps compar
 
 Each is measured with the exchange at a distance: the service reaches the emulator through a delay proxy
 (tests/delay_proxy.py, in its own process) that holds every byte `d` each way, for d = 0, 10 and 50 ms in
-one run. Where an order's bytes leave the service is stamped by the proxy as it reads them, before its
-own timers and the emulator's parsing: that time less the start is what the gate adds, whatever d.
+one run. Where an order's bytes leave the service is the kernel's receive stamp on the proxy's socket,
+taken inside the service's write on loopback, before the proxy's wake-up, its timers and the emulator's
+parsing: that time less the start is what the gate adds, whatever d. Redis's TIME and the kernel's stamps
+are CLOCK_REALTIME, read as CLOCK_MONOTONIC by their age.
 Requests and weight per plan are the emulator's count of Binance requests on a plan's path during the
 steady part of the rate runs (Binance's IP weights, from the emulator's cost table), divided by the
 plans handled meanwhile; the background (the reconciliation, the listen key, the clock) is measured
@@ -125,6 +129,12 @@ def p99(values: Sequence[float]) -> float:
     return ordered[math.ceil(0.99 * len(ordered)) - 1]
 
 
+def monotonic_of(redis_time: tuple[int, int]) -> float:
+    """Redis's TIME (CLOCK_REALTIME, this host's) as CLOCK_MONOTONIC, the clock every stamp here uses."""
+    seconds, microseconds = redis_time
+    return time.monotonic() - (time.time() - (seconds + microseconds / 1e6))
+
+
 def entry_ms(entry_id: str) -> int:
     """A stream entry id's millisecond part: when Redis appended it, on Redis's clock."""
     return int(entry_id.split("-", 1)[0])
@@ -200,6 +210,12 @@ class EmulatorProcess:
         return arrivals
 
 
+@dataclass(frozen=True)
+class Departure:
+    left_at: float  # the kernel's stamp: the service's write put the bytes on the wire (loopback)
+    read_at: float  # when the proxy's loop read them: later by its own wake-up, not the gate's
+
+
 class DelayProxyProcess:
     """tests/delay_proxy.py in its own process, between the service and the emulator."""
 
@@ -215,14 +231,14 @@ class DelayProxyProcess:
             [*command, str(self.departures_path)], stdout=subprocess.PIPE, text=True
         )
 
-    def departures(self) -> dict[str, float]:
-        """client order id -> when the order's bytes left the service (the proxy read them), monotonic."""
+    def departures(self) -> dict[str, Departure]:
+        """client order id -> when the order's bytes left the service, and when the proxy read them."""
         if not self.departures_path.exists():
             return {}
-        left: dict[str, float] = {}
+        left: dict[str, Departure] = {}
         for line in self.departures_path.read_text().splitlines():
-            client_order_id, at = line.split()
-            left.setdefault(client_order_id, float(at))
+            client_order_id, left_at, read_at = line.split()
+            left.setdefault(client_order_id, Departure(float(left_at), float(read_at)))
         return left
 
     async def wait_ready(self) -> None:
@@ -252,7 +268,7 @@ class Lab:
     emulator: EmulatorProcess
     proxy: DelayProxyProcess | None = None  # where the service finds the exchange
 
-    def departures(self) -> dict[str, float]:
+    def departures(self) -> dict[str, Departure]:
         assert self.proxy is not None
         return self.proxy.departures()
 
@@ -304,11 +320,11 @@ async def halt_trial(lab: Lab, trial: int) -> HaltTrial:
     async with lab.service():
         await wait_for_result_count(lab.redis, HALT_AFTER_RESULTS)
         async with lab.redis.pipeline(transaction=True) as pipe:
+            pipe.time()  # the SET's own moment, read by Redis just before it runs
             pipe.set(keys.GLOBAL_SWITCH, "true")
             pipe.eval(COUNT_CLAIMS, 0)
-            # Taken before the MULTI leaves: the SET takes effect after it, so the latency is not flattered.
-            set_at = time.monotonic()
-            _, marks_at_set = await pipe.execute()
+            redis_time, _, marks_at_set = await pipe.execute()
+        set_at = monotonic_of(redis_time)
         await wait_for_result_count(lab.redis, HALT_PLANS)
         found = await results(lab.redis)
     marks_after = await lab.redis.eval(COUNT_CLAIMS, 0)
@@ -328,7 +344,8 @@ async def halt_trial(lab: Lab, trial: int) -> HaltTrial:
     if statuses["halted"] == 0:
         raise BenchBroken(f"halt trial {trial}: every plan ran before the SET; nothing was measured")
     # When the bytes left the service: the gate's share, whatever the distance.
-    after = [departures[coid] - set_at for coid in arrivals if departures[coid] > set_at]
+    left = [departures[coid].left_at for coid in arrivals]
+    after = [at - set_at for at in left if at > set_at]
     return HaltTrial(max(after, default=0.0) * 1000, len(after), int(marks_after) - int(marks_at_set))
 
 
@@ -372,6 +389,7 @@ async def door_latencies(lab: Lab) -> dict[str, list[float]]:
 @dataclass(frozen=True)
 class PermitTrials:
     departures_ms: list[float]  # permits SET -> the order's bytes leave the service
+    proxy_wakeups_ms: list[float]  # the bytes left -> the proxy read them (counted as the gate's until now)
     arrivals_ms: list[float]  # permits SET -> the emulator has the order (with d, the proxy, the parsing)
 
 
@@ -391,9 +409,10 @@ async def permit_latencies(lab: Lab) -> PermitTrials:
             await lab.redis.xadd(keys.PLAN_STREAM, plan_fields(plan_id, symbol=SYMBOLS[n % len(SYMBOLS)]))
             await asyncio.sleep(PERMIT_SETTLE_S)
             async with lab.redis.pipeline(transaction=True) as pipe:
+                pipe.time()  # the permits' arrival, read by Redis just before their SETs run
                 await grant_permits(pipe, plan_id, 1.0, POSITION)  # queued: both SETs in one MULTI
-                permits_at[plan_id] = time.monotonic()
-                await pipe.execute()
+                redis_time, *_ = await pipe.execute()
+            permits_at[plan_id] = monotonic_of(redis_time)
             reply = await lab.redis.xread({keys.RESULT_STREAM: last_id}, count=1, block=5000)
             if not reply:
                 raise BenchBroken(f"no result for {plan_id} within 5 s")
@@ -407,7 +426,11 @@ async def permit_latencies(lab: Lab) -> PermitTrials:
         raise BenchBroken(f"{len(arrivals)} orders for {PERMIT_WARMUP_PLANS + PERMIT_TRIALS} plans")
     departures = lab.departures()
     return PermitTrials(
-        [(departures[f"qh-{plan_id}-0"] - at) * 1000 for plan_id, at in permits_at.items()],
+        [(departures[f"qh-{plan_id}-0"].left_at - at) * 1000 for plan_id, at in permits_at.items()],
+        [
+            (departures[f"qh-{plan_id}-0"].read_at - departures[f"qh-{plan_id}-0"].left_at) * 1000
+            for plan_id in permits_at
+        ],
         [(arrivals[f"qh-{plan_id}-0"] - at) * 1000 for plan_id, at in permits_at.items()],
     )
 
@@ -627,6 +650,11 @@ def print_table(
             f"  permit trials: {len(at_exchange)}, one plan at a time; permit -> the emulator has the order, "
             f"less d (with the proxy's timers and the emulator's parsing): p50 "
             f"{statistics.median(at_exchange):.2f}, p99 {p99(at_exchange):.2f} ms"
+        )
+        wakeups = at.permits.proxy_wakeups_ms
+        print(
+            f"  the proxy's own wake-up on those orders (its read less the kernel's stamp, not the gate's): "
+            f"p50 {statistics.median(wakeups):.2f}, p99 {p99(wakeups):.2f} ms"
         )
         rates = ", ".join(f"{run.plans_per_s:.0f}" for run in at.runs)
         print(f"  plans/s runs ({len(at.runs)}): {rates}")

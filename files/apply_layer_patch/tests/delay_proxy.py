@@ -2,13 +2,15 @@
 
 For tests and the benchmark only, never in the product. Bytes keep their order; a chunk read at t leaves at
 t + delay, so a request and its answer pay exactly one round trip, as on a VPS far from Binance. At
-delay 0 a chunk is written in the same callback that read it: the proxy adds no scheduling of its own.
+delay 0 a chunk is written as soon as it is read: the proxy adds no timers of its own.
 `cut()` closes every connection and refuses new ones (the exchange unreachable) until `restore()`.
 
 Where the order's bytes leave the service is where the benchmark's clock stops: with `departures`, the
-proxy writes `<client order id> <CLOCK_MONOTONIC>` for every order request the moment it reads it from
-the service (the bytes have left the host; they reach the exchange exactly `delay` later), so neither
-the delay's timers nor the emulator's parsing are counted as the gate's.
+proxy writes `<client order id> <left> <read>` for every order request, both on CLOCK_MONOTONIC. `left` is
+the kernel's receive stamp (SO_TIMESTAMPNS), which on loopback is taken inside the service's own write: the
+moment the bytes left the host, as they would leave for a real exchange with no process of ours to wake.
+`read` is when this proxy's loop got to them, later by its own wake-up, which the benchmark reports apart.
+Neither the delay's timers nor the emulator's parsing are counted as the gate's.
 
 Run alone for the benchmark, in its own process so its timers do not share a loop with measurements:
     python delay_proxy.py LISTEN_PORT TARGET_PORT DELAY_MS [DEPARTURES_FILE]
@@ -20,14 +22,33 @@ import asyncio
 import contextlib
 import re
 import signal
+import socket
+import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 CHUNK = 65536
 # An order request's client id, in its form body or query string (POST /fapi/v1/order).
 _CLIENT_ORDER_ID = re.compile(rb"newClientOrderId=([.A-Za-z0-9:/_-]{1,36})")
+# Linux's SO_TIMESTAMPNS (asm-generic/socket.h; Python's socket module does not name it): each segment
+# received carries the CLOCK_REALTIME of its arrival, as a struct timespec in an SCM_TIMESTAMPNS
+# (the same number) message.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("qq")
+_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+Receive = Callable[[], Awaitable[bytes]]
+Send = Callable[[bytes], Awaitable[None]]
+
+
+class _Link:
+    """One proxied connection: the client's socket, read raw for its kernel stamps, and its task."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self.client = client
+        self.task: asyncio.Task[None] | None = None
 
 
 class DelayProxy:
@@ -42,73 +63,112 @@ class DelayProxy:
         self.target_port = target_port
         self.delay_s = delay_s
         self.connections_opened = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._links: set[_Link] = set()
         self._cut = False
         self._departures = departures
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._listener is not None
+        return int(self._listener.getsockname()[1])
 
     async def start(self, port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port, backlog=1024)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(1024)
+        listener.setblocking(False)
+        self._listener = listener
+        self._accepting = asyncio.create_task(self._accept(listener), name="delay-proxy-accept")
 
     async def stop(self) -> None:
         self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        # A task cancelled before it ran never closes its socket: so every link is closed here too.
+        await asyncio.gather(
+            *(link.task for link in self._links if link.task is not None), return_exceptions=True
+        )
+        for link in list(self._links):
+            self._close(link)
+        if self._listener is not None:
+            self._listener.close()
 
     def cut(self) -> None:
         self._cut = True
-        for writer in list(self._writers):
-            writer.transport.abort()
+        for link in self._links:
+            if link.task is not None:
+                link.task.cancel()
 
     def restore(self) -> None:
         self._cut = False
 
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        if self._cut:
-            client_writer.transport.abort()
-            return
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            client, _ = await loop.sock_accept(listener)  # non-blocking, as asyncio hands it over
+            if self._cut:
+                client.close()
+                continue
+            client.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            link = _Link(client)
+            self._links.add(link)
+            link.task = asyncio.create_task(self._serve(link))
+
+    async def _serve(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        client = link.client
+
+        async def from_client() -> bytes:
+            chunk, left_at, read_at = await _receive_stamped(loop, client)
+            self._stamp_orders(chunk, left_at, read_at)
+            return chunk
+
+        async def to_client(chunk: bytes) -> None:
+            await loop.sock_sendall(client, chunk)
+
         try:
             target_reader, target_writer = await asyncio.open_connection(self.target_host, self.target_port)
-        except OSError:
-            client_writer.transport.abort()
+        except (OSError, asyncio.CancelledError):
+            self._close(link)
             return
         self.connections_opened += 1
-        self._writers.update((client_writer, target_writer))
+
+        async def to_target(chunk: bytes) -> None:
+            target_writer.write(chunk)
+            await target_writer.drain()
+
         try:
             await asyncio.gather(
-                self._pump(client_reader, target_writer, self._stamp_orders),
-                self._pump(target_reader, client_writer),
+                self._pump(from_client, to_target, target_writer.write_eof),
+                self._pump(
+                    lambda: target_reader.read(CHUNK), to_client, lambda: client.shutdown(socket.SHUT_WR)
+                ),
             )
         except asyncio.CancelledError:
-            # The proxy is stopping. Ended quietly: Python 3.11's streams print a traceback for a
-            # connection handler that ends cancelled.
-            pass
+            pass  # cut, or the proxy is stopping
         finally:
-            for writer in (client_writer, target_writer):
-                self._writers.discard(writer)
-                writer.transport.abort()
+            target_writer.transport.abort()
+            self._close(link)
 
-    def _stamp_orders(self, chunk: bytes, read_at: float) -> None:
+    def _close(self, link: _Link) -> None:
+        self._links.discard(link)
+        link.client.close()
+
+    def _stamp_orders(self, chunk: bytes, left_at: float, read_at: float) -> None:
         if self._departures is None:
             return
         for client_order_id in _CLIENT_ORDER_ID.findall(chunk):
-            self._departures.write(f"{client_order_id.decode()} {read_at:.6f}\n")
+            self._departures.write(f"{client_order_id.decode()} {left_at:.6f} {read_at:.6f}\n")
 
-    async def _pump(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        on_chunk: Callable[[bytes, float], None] | None = None,
-    ) -> None:
-        """Read as it comes; write each chunk `delay` after it was read, in order."""
+    async def _pump(self, receive: Receive, send: Send, end: Callable[[], None]) -> None:
+        """Read as it comes; write each chunk `delay` after it was read, in order; pass the end on."""
         if self.delay_s <= 0:
-            await self._pass_through(reader, writer, on_chunk)
+            await self._pass_through(receive, send, end)
             return
         due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -117,21 +177,17 @@ class DelayProxy:
                 at, chunk = await due.get()
                 if not chunk:
                     with contextlib.suppress(OSError):
-                        writer.write_eof()
+                        end()
                     return
                 wait = at - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                writer.write(chunk)
-                await writer.drain()
+                await send(chunk)
 
         delivering = asyncio.create_task(deliver())
         try:
-            while chunk := await reader.read(CHUNK):
-                read_at = time.monotonic()
-                due.put_nowait((read_at + self.delay_s, chunk))
-                if on_chunk is not None:
-                    on_chunk(chunk, read_at)
+            while chunk := await receive():
+                due.put_nowait((time.monotonic() + self.delay_s, chunk))
             due.put_nowait((time.monotonic() + self.delay_s, b""))
             await delivering
         except (OSError, asyncio.IncompleteReadError):
@@ -140,23 +196,52 @@ class DelayProxy:
             delivering.cancel()
 
     @staticmethod
-    async def _pass_through(
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        on_chunk: Callable[[bytes, float], None] | None,
-    ) -> None:
-        """No delay: each chunk is written as soon as it is read, then stamped."""
+    async def _pass_through(receive: Receive, send: Send, end: Callable[[], None]) -> None:
+        """No delay: each chunk is written as soon as it is read."""
         try:
-            while chunk := await reader.read(CHUNK):
-                read_at = time.monotonic()
-                writer.write(chunk)
-                if on_chunk is not None:
-                    on_chunk(chunk, read_at)
-                await writer.drain()
+            while chunk := await receive():
+                await send(chunk)
             with contextlib.suppress(OSError):
-                writer.write_eof()
+                end()
         except (OSError, asyncio.IncompleteReadError):
             return
+
+
+async def _receive_stamped(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket
+) -> tuple[bytes, float, float]:
+    """A chunk, when the kernel received its last segment and when we read it, both on CLOCK_MONOTONIC.
+    asyncio's streams read with recv(), which drops the stamp: so the socket is read with recvmsg()."""
+    while True:
+        try:
+            chunk, ancillary, _flags, _address = sock.recvmsg(CHUNK, _STAMP_SPACE)
+        except BlockingIOError:
+            await _readable(loop, sock)
+            continue
+        read_at, read_real = time.monotonic(), time.time()
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = _TIMESPEC.unpack(data)
+                return chunk, read_at - (read_real - (seconds + nanoseconds / 1e9)), read_at
+        if chunk:
+            raise OSError("the kernel gave no receive stamp (SO_TIMESTAMPNS) with the data")
+        return chunk, read_at, read_at
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+    descriptor = sock.fileno()
+
+    def wake() -> None:
+        loop.remove_reader(descriptor)  # once: the socket stays readable until read
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(descriptor, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(descriptor)
 
 
 async def _serve_until_terminated(
