@@ -10,8 +10,9 @@ Linux: the emulator stamps every order it receives with it, so its stamps compar
    left the service after it (0 when none).
    Claims after the SET are counted, too: the dedupe marks that carry a claim, counted in the SET's own
    MULTI against those after the drain (must be 0).
-2. permit arrival -> order leaves the host: a plan waits for its permits; both are SET in one MULTI,
-   whose TIME just before them is their arrival (the writer's own client time is not the gate's).
+2. permit arrival -> order leaves the host: a plan waits for its permits, written as two writers do: the
+   governor's first, then the position brain's in a MULTI whose TIME, read just before its SET, is the
+   arrival (the writer's own client time is not the gate's).
 3. plans/s through all gates, from the first plan's start to the last result (a preloaded backlog),
    and that rate against `redis-benchmark` EVAL throughput on the same Redis, in the same run; with
    the CPU each process spends per plan, and how busy the whole machine was, to say what limits it.
