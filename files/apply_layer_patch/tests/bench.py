@@ -22,9 +22,9 @@ Linux: the emulator stamps every order it receives with it, so its stamps compar
 Each is measured with the exchange at a distance: the service reaches the emulator through a delay proxy
 (tests/delay_proxy.py, in its own process) that holds every byte `d` each way, for d = 0, 10 and 50 ms in
 one run. Where an order's bytes leave the service is the kernel's receive stamp on the proxy's socket,
-taken inside the service's write on loopback, before the proxy's wake-up, its timers and the emulator's
-parsing: that time less the start is what the gate adds, whatever d. Redis's TIME and the kernel's stamps
-are CLOCK_REALTIME, read as CLOCK_MONOTONIC by their age.
+taken at or just after the service's write on loopback, before the proxy's wake-up, its timers and the
+emulator's parsing: that time less the start is what the gate adds, whatever d. Redis's TIME and the
+kernel's stamps are CLOCK_REALTIME, read as CLOCK_MONOTONIC by their age.
 Requests and weight per plan are the emulator's count of Binance requests on a plan's path during the
 steady part of the rate runs (Binance's IP weights, from the emulator's cost table), divided by the
 plans handled meanwhile; the background (the reconciliation, the listen key, the clock) is measured
@@ -134,7 +134,9 @@ def p99(values: Sequence[float]) -> float:
 def monotonic_of(redis_time: tuple[int, int]) -> float:
     """Redis's TIME (CLOCK_REALTIME, this host's) as CLOCK_MONOTONIC, the clock every stamp here uses."""
     seconds, microseconds = redis_time
-    return time.monotonic() - (time.time() - (seconds + microseconds / 1e6))
+    # Monotonic first: a pause between the two reads can only make the start earlier, never later.
+    now = time.monotonic()
+    return now - (time.time() - (seconds + microseconds / 1e6))
 
 
 def entry_ms(entry_id: str) -> int:
@@ -411,12 +413,14 @@ async def permit_latencies(lab: Lab) -> PermitTrials:
             await lab.redis.xadd(keys.PLAN_STREAM, plan_fields(plan_id, symbol=SYMBOLS[n % len(SYMBOLS)]))
             # Two writers, as in production: the governor's permit first (the plan, woken, still lacks
             # the other), then the position brain's, the one the plan waits for.
-            governor, p33 = permits(plan_id, 1.0, POSITION).items()
-            await lab.redis.set(*governor, ex=PERMIT_TTL_S)
+            written = permits(plan_id, 1.0, POSITION)
+            await lab.redis.set(
+                keys.governor_permit(plan_id), written[keys.governor_permit(plan_id)], ex=PERMIT_TTL_S
+            )
             await asyncio.sleep(PERMIT_SETTLE_S)
             async with lab.redis.pipeline(transaction=True) as pipe:
                 pipe.time()  # the permit's arrival, read by Redis just before its SET runs
-                pipe.set(*p33, ex=PERMIT_TTL_S)
+                pipe.set(keys.p33_permit(plan_id), written[keys.p33_permit(plan_id)], ex=PERMIT_TTL_S)
                 redis_time, _ = await pipe.execute()
             permits_at[plan_id] = monotonic_of(redis_time)
             reply = await lab.redis.xread({keys.RESULT_STREAM: last_id}, count=1, block=5000)

@@ -7,8 +7,10 @@ delay 0 a chunk is written as soon as it is read: the proxy adds no timers of it
 
 Where the order's bytes leave the service is where the benchmark's clock stops: with `departures`, the
 proxy writes `<client order id> <left> <read>` for every order request, both on CLOCK_MONOTONIC. `left` is
-the kernel's receive stamp (SO_TIMESTAMPNS), which on loopback is taken inside the service's own write: the
+the kernel's receive stamp (SO_TIMESTAMPNS), which on loopback the kernel takes as the service writes: the
 moment the bytes left the host, as they would leave for a real exchange with no process of ours to wake.
+The stamp is taken at or just after that write (later when the kernel defers the segment to a worker),
+for a chunk its last segment's; where the kernel gave none, `left` is `read`: both err long, never short.
 `read` is when this proxy's loop got to them, later by its own wake-up, which the benchmark reports apart.
 Neither the delay's timers nor the emulator's parsing are counted as the gate's.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import signal
 import socket
@@ -32,9 +35,9 @@ from typing import TextIO
 CHUNK = 65536
 # An order request's client id, in its form body or query string (POST /fapi/v1/order).
 _CLIENT_ORDER_ID = re.compile(rb"newClientOrderId=([.A-Za-z0-9:/_-]{1,36})")
-# Linux's SO_TIMESTAMPNS (asm-generic/socket.h; Python's socket module does not name it): each segment
-# received carries the CLOCK_REALTIME of its arrival, as a struct timespec in an SCM_TIMESTAMPNS
-# (the same number) message.
+# Linux's SO_TIMESTAMPNS (asm-generic/socket.h, as on x86-64 and arm64; Python's socket module does not
+# name it): each segment received carries the CLOCK_REALTIME of its arrival, as a 64-bit struct timespec
+# in an SCM_TIMESTAMPNS (the same number) message.
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("qq")
 _STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
@@ -77,6 +80,9 @@ class DelayProxy:
     async def start(self, port: int = 0) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # On the listener, so that every accepted socket has it from its first segment, even one that
+        # arrived before the accept.
+        listener.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         listener.bind(("127.0.0.1", port))
         listener.listen(1024)
         listener.setblocking(False)
@@ -89,12 +95,9 @@ class DelayProxy:
             self._accepting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accepting
-        # A task cancelled before it ran never closes its socket: so every link is closed here too.
         await asyncio.gather(
             *(link.task for link in self._links if link.task is not None), return_exceptions=True
         )
-        for link in list(self._links):
-            self._close(link)
         if self._listener is not None:
             self._listener.close()
 
@@ -110,14 +113,18 @@ class DelayProxy:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            client, _ = await loop.sock_accept(listener)  # non-blocking, as asyncio hands it over
+            try:
+                client, _ = await loop.sock_accept(listener)  # non-blocking, as asyncio hands it over
+            except OSError:
+                continue  # that connection failed (aborted, no file descriptor left): not the proxy
             if self._cut:
                 client.close()
                 continue
-            client.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             link = _Link(client)
             self._links.add(link)
             link.task = asyncio.create_task(self._serve(link))
+            # Closed when the task ends, even one cancelled (a cut) before it ever ran.
+            link.task.add_done_callback(functools.partial(self._close, link))
 
     async def _serve(self, link: _Link) -> None:
         loop = asyncio.get_running_loop()
@@ -134,7 +141,6 @@ class DelayProxy:
         try:
             target_reader, target_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except (OSError, asyncio.CancelledError):
-            self._close(link)
             return
         self.connections_opened += 1
 
@@ -153,9 +159,8 @@ class DelayProxy:
             pass  # cut, or the proxy is stopping
         finally:
             target_writer.transport.abort()
-            self._close(link)
 
-    def _close(self, link: _Link) -> None:
+    def _close(self, link: _Link, _ended: asyncio.Task[None]) -> None:
         self._links.discard(link)
         link.client.close()
 
@@ -194,6 +199,8 @@ class DelayProxy:
             return
         finally:
             delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await delivering
 
     @staticmethod
     async def _pass_through(receive: Receive, send: Send, end: Callable[[], None]) -> None:
@@ -218,14 +225,13 @@ async def _receive_stamped(
         except BlockingIOError:
             await _readable(loop, sock)
             continue
-        read_at, read_real = time.monotonic(), time.time()
+        # Realtime first: a pause between the two reads can only make the stamp later, never earlier.
+        read_real, read_at = time.time(), time.monotonic()
         for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) == _TIMESPEC.size:
                 seconds, nanoseconds = _TIMESPEC.unpack(data)
                 return chunk, read_at - (read_real - (seconds + nanoseconds / 1e9)), read_at
-        if chunk:
-            raise OSError("the kernel gave no receive stamp (SO_TIMESTAMPNS) with the data")
-        return chunk, read_at, read_at
+        return chunk, read_at, read_at  # no stamp (an end of stream has none): the read time, later
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
