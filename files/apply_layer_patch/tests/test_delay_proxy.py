@@ -1,0 +1,135 @@
+"""The delay proxy's clock: `make bench` stops its clock at the kernel's stamp of an order's bytes, so that
+stamp must be the sender's write, not the proxy's later read, and no request may go unstamped or unsent."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from delay_proxy import DelayProxy
+
+# How long the sender keeps the proxy's loop from reading, so that a read time cannot pass for the stamp.
+HELD_S = 0.05
+
+
+@dataclass(frozen=True)
+class Departure:
+    left_at: float
+    read_at: float
+
+
+class Target:
+    """The far side: collects what the proxy forwards and answers each chunk with `ok`."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.changed = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(65536):
+            self.received += chunk
+            self.changed.set()
+            writer.write(b"ok")
+            await writer.drain()
+        writer.close()
+
+    async def until_received(self, tail: bytes) -> None:
+        async with asyncio.timeout(5):
+            while not self.received.endswith(tail):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    far = Target()
+    await far.start()
+    yield far
+    assert far.server is not None
+    far.server.close()
+    await far.server.wait_closed()
+
+
+def order_request(client_order_id: str) -> bytes:
+    body = f"symbol=BTCUSDT&side=SELL&type=MARKET&newClientOrderId={client_order_id}"
+    return f"POST /fapi/v1/order HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+
+
+def departures(written: io.StringIO) -> dict[str, Departure]:
+    rows = (line.split() for line in written.getvalue().splitlines())
+    return {coid: Departure(float(left), float(read)) for coid, left, read in rows}
+
+
+def send_and_hold(sender: socket.socket, request: bytes) -> tuple[float, float]:
+    """Send, reading the clock just before and just after; then keep the loop (and so the proxy) from
+    reading for HELD_S. Returns the two clock reads."""
+    before = time.monotonic()
+    sender.sendall(request)
+    after = time.monotonic()
+    time.sleep(HELD_S)  # blocks the loop on purpose: the proxy reads only after this
+    return before, after
+
+
+@pytest.fixture
+def written() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+async def proxy(target: Target, written: io.StringIO) -> AsyncIterator[DelayProxy]:
+    delay_proxy = DelayProxy(target.port, 0.0, departures=written)
+    await delay_proxy.start()
+    yield delay_proxy
+    await delay_proxy.stop()
+
+
+def connect(proxy: DelayProxy) -> socket.socket:
+    """A blocking connection: the kernel completes it from the listen backlog, before any accept()."""
+    return socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+
+
+def assert_stamped_at_the_write(departure: Departure, before: float, after: float) -> None:
+    # The stamp is the write's, within the sender's two clock reads (a few microseconds of slack for
+    # the proxy's realtime -> monotonic conversion, which errs late)...
+    assert before <= departure.left_at <= after + 0.001
+    # ... and not the proxy's read, which the sender held off for HELD_S.
+    assert departure.read_at >= after + HELD_S
+
+
+async def test_a_request_sent_before_the_accept_is_forwarded_and_stamped_at_its_write(
+    proxy: DelayProxy, target: Target, written: io.StringIO
+) -> None:
+    with connect(proxy) as sender:
+        # No await since start(): the proxy's accept task has not run, the bytes wait in the kernel.
+        before, after = send_and_hold(sender, order_request("qh-early-0"))
+        await target.until_received(b"qh-early-0")
+        assert proxy.connections_opened == 1
+    assert_stamped_at_the_write(departures(written)["qh-early-0"], before, after)
+
+
+async def test_a_request_on_a_kept_alive_connection_is_stamped_at_its_write(
+    proxy: DelayProxy, target: Target, written: io.StringIO
+) -> None:
+    loop = asyncio.get_running_loop()
+    with connect(proxy) as sender:
+        sender.setblocking(False)
+        for n in range(3):
+            before, after = send_and_hold(sender, order_request(f"qh-kept-{n}"))
+            await target.until_received(f"qh-kept-{n}".encode())
+            assert await loop.sock_recv(sender, 16) == b"ok"  # the answer came back through the proxy
+            assert_stamped_at_the_write(departures(written)[f"qh-kept-{n}"], before, after)
+    assert proxy.connections_opened == 1
