@@ -52,7 +52,7 @@ def log_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_without_redis_it_waits_halted_then_starts_when_redis_answers(
+def test_without_redis_it_waits_halted_then_starts_and_freezes_its_heap_when_redis_answers(
     tmp_path: Path, emulator: ExchangeEmulator
 ) -> None:
     emulator.set_positions({"BTCUSDT": 0.5})
@@ -84,7 +84,12 @@ def test_without_redis_it_waits_halted_then_starts_when_redis_answers(
         if service.alive:
             service.kill()
         redis_server.stop()
-    assert "Traceback" not in service.log_path.read_text()
+    lines = log_lines(service.log_path)
+    assert "Traceback" not in "\n".join(lines)
+    # The heap is frozen once, when the service has started: not while it waited for Redis.
+    (frozen,) = [n for n, line in enumerate(lines) if "loaded heap frozen" in line]
+    assert frozen > lines.index(waiting[0])
+    assert int(lines[frozen].split("frozen_objects=")[1].split()[0]) > 100_000  # ccxt's modules and markets
 
 
 def test_a_refused_login_keeps_it_up_and_halted_with_a_clear_line(
