@@ -59,6 +59,7 @@ import aiohttp
 from binance_signing import close_params, rest_order_body, ws_api_request
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
 from plans import grant_permits, permits, plan_fields, results
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis_server import RedisServer, free_port
 from service_process import ServiceProcess
@@ -285,7 +286,11 @@ class Lab:
     async def service(self) -> AsyncIterator[ServiceProcess]:
         assert self.proxy is not None
         service = ServiceProcess(
-            self.redis_server.url, self.proxy.url, self.directory / "service.log", **SERVICE_ENV
+            self.redis_server.url,
+            self.proxy.url,
+            self.directory / "service.log",
+            **SERVICE_ENV,
+            APPLY_METRICS_PORT=str(free_port()),
         )
         service.start()
         try:
@@ -391,16 +396,70 @@ async def door_latencies(lab: Lab) -> dict[str, list[float]]:
 
 
 @dataclass(frozen=True)
+class OwnMeasure:
+    """The service's own apply_gate_seconds{since="permit"}, from its /metrics: in production this is
+    all there is to see what the gate adds. Starts at the notification's read, so after Redis's part."""
+
+    count: int
+    mean_ms: float
+    p50_ms: float  # from its buckets, interpolated as Prometheus's histogram_quantile does
+    p99_ms: float
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """histogram_quantile over cumulative (le, count) pairs, sorted by le: linear inside the bucket."""
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if math.isinf(upper):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = upper, count
+    return lower
+
+
+async def own_measure(service: ServiceProcess) -> OwnMeasure:
+    port = service.env["APPLY_METRICS_PORT"]
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as answer:
+        text = await answer.text()
+    buckets: list[tuple[float, float]] = []
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "apply_gate_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("since") != "permit":
+                continue
+            if sample.name.endswith("_bucket"):
+                buckets.append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    if not count:
+        raise BenchBroken("the service measured no permit's gate (apply_gate_seconds{since=permit})")
+    buckets.sort()
+    return OwnMeasure(
+        int(count),
+        total / count * 1000,
+        bucket_quantile(buckets, 0.5) * 1000,
+        bucket_quantile(buckets, 0.99) * 1000,
+    )
+
+
+@dataclass(frozen=True)
 class PermitTrials:
     departures_ms: list[float]  # permits SET -> the order's bytes leave the service
     proxy_wakeups_ms: list[float]  # the bytes left -> the proxy read them (counted as the gate's until now)
     arrivals_ms: list[float]  # permits SET -> the emulator has the order (with d, the proxy, the parsing)
+    own: OwnMeasure
 
 
 async def permit_latencies(lab: Lab) -> PermitTrials:
     await lab.reset()
     permits_at: dict[str, float] = {}
-    async with lab.service():
+    async with lab.service() as service:
         # Warm: the service has connected to the exchange and reads the stream before the first trial.
         for n in range(PERMIT_WARMUP_PLANS):
             await grant_permits(lab.redis, f"warm-{n}", safe_close_qty=1.0, position=POSITION)
@@ -431,6 +490,7 @@ async def permit_latencies(lab: Lab) -> PermitTrials:
             last_id = str(entry_id)
             if fields["plan_id"] != plan_id or fields["status"] != "executed":
                 raise BenchBroken(f"{plan_id}: unexpected result {fields}")
+        own = await own_measure(service)
     arrivals = await lab.emulator.accepted_orders()
     if len(arrivals) != PERMIT_WARMUP_PLANS + PERMIT_TRIALS:
         raise BenchBroken(f"{len(arrivals)} orders for {PERMIT_WARMUP_PLANS + PERMIT_TRIALS} plans")
@@ -442,6 +502,7 @@ async def permit_latencies(lab: Lab) -> PermitTrials:
             for plan_id in permits_at
         ],
         [(arrivals[f"qh-{plan_id}-0"] - at) * 1000 for plan_id, at in permits_at.items()],
+        own,
     )
 
 
@@ -665,6 +726,13 @@ def print_table(
         print(
             f"  the proxy's own wake-up on those orders (its read less the kernel's stamp, not the gate's): "
             f"p50 {statistics.median(wakeups):.2f}, p99 {p99(wakeups):.2f} ms"
+        )
+        own = at.permits.own
+        print(
+            f"  the service's own apply_gate_seconds{{since=permit}} on {own.count} plans (from the "
+            f"notification's read, Redis's part not in it): mean {own.mean_ms:.2f} ms against the bench's "
+            f"{statistics.mean(at.permits.departures_ms):.2f}; p50 {own.p50_ms:.2f}, p99 {own.p99_ms:.2f} ms "
+            "(from its buckets)"
         )
         rates = ", ".join(f"{run.plans_per_s:.0f}" for run in at.runs)
         print(f"  plans/s runs ({len(at.runs)}): {rates}")

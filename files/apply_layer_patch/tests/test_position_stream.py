@@ -107,6 +107,21 @@ def health() -> dict[str, object]:
     return stream_health(generate_latest(metrics.REGISTRY).decode())
 
 
+def gate_samples(since: str) -> tuple[float, float]:
+    """apply_gate_seconds{since}: how many plans, and their seconds in all."""
+    labels = {"since": since}
+    return (
+        metrics.REGISTRY.get_sample_value("apply_gate_seconds_count", labels) or 0.0,
+        metrics.REGISTRY.get_sample_value("apply_gate_seconds_sum", labels) or 0.0,
+    )
+
+
+def order_round_trips() -> float:
+    """The seconds that POST /fapi/v1/order took in all, from the call to the answer."""
+    labels = {"endpoint": "order_new"}
+    return metrics.REGISTRY.get_sample_value("apply_exchange_request_duration_seconds_sum", labels) or 0.0
+
+
 async def fresh(service: ApplyLayer) -> ApplyLayer:
     await until(service.positions.fresh)
     return service
@@ -127,6 +142,7 @@ async def test_in_the_steady_state_a_plan_costs_one_order_and_no_lookup(
         return await reserve(limiter, endpoint, budget)
 
     monkeypatch.setattr(SharedLimiter, "reserve", spied)
+    gated_before = gate_samples("plan")
     async with running_service(**QUIET) as service:
         await fresh(service)
         before = await requests(emulator)
@@ -141,6 +157,31 @@ async def test_in_the_steady_state_a_plan_costs_one_order_and_no_lookup(
     assert int(await redis.hget(exchange_limits.ORDERS_10S_KEY, "count") or 0) == 5
     # Each plan sized from the position its predecessor left: 0.8 -> 0.4 -> 0.2 -> 0.1 -> 0.05 -> 0.025.
     assert [quantity_of(emulator, f"qh-steady-{n}-0") for n in range(5)] == [0.4, 0.2, 0.1, 0.05, 0.025]
+    # Their permits were there already: each plan's gate is measured from the start of its handling.
+    assert gate_samples("plan")[0] - gated_before[0] == 5
+
+
+async def test_what_the_gate_adds_ends_at_the_order_write_not_at_its_answer(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory, proxy: DelayProxy
+) -> None:
+    """apply_gate_seconds, 50 ms from the exchange: from the permit's notification to the order's bytes
+    written is local work, whatever the distance; the order's own round trip takes 100 ms more."""
+    emulator.set_positions({"BTCUSDT": 0.8})
+    proxy.delay_s = 0.05  # each way, for every connection made from now on
+    gated_before, trips_before = gate_samples("permit"), order_round_trips()
+    url = f"http://127.0.0.1:{proxy.port}"
+    async with running_service(APPLY_EXCHANGE_URL=url, APPLY_PERMIT_TIMEOUT_MS="5000", **QUIET) as service:
+        await fresh(service)
+        await add_plan(redis, "far", permits=False, steps=CLOSE_HALF, action="PARTIAL_50")
+        await asyncio.sleep(0.5)  # read, prepared from the stream's position, waiting for its permits
+        assert emulator.orders() == []
+        await grant_permits(redis, "far", safe_close_qty=100.0)
+        result = (await wait_for_results(redis, 1))["far"]
+    assert result["status"] == "executed", result
+    count, gated = (now - then for now, then in zip(gate_samples("permit"), gated_before, strict=True))
+    assert count == 1
+    assert 0 < gated < 0.05, gated  # a few ms here: never the round trip
+    assert order_round_trips() - trips_before >= 0.1
 
 
 async def test_orders_the_exchange_budget_cannot_take_are_blocked_before_the_claim(

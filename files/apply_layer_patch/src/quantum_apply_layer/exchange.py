@@ -41,6 +41,7 @@ from quantum_apply_layer.exchange_limits import (
     share,
 )
 from quantum_apply_layer.market_filters import MarketFilters
+from quantum_apply_layer.order_writes import trace_writes
 
 ErrorKind = Literal["network", "timeout", "rejected", "auth", "rate_limit", "other"]
 
@@ -275,6 +276,7 @@ class Exchange:
     async def open(self) -> None:
         """Measure the clock, read the limits and load the markets (GET /fapi/v1/exchangeInfo), and
         refuse an account in hedge mode (GET /fapi/v1/positionSide/dual)."""
+        trace_writes(self._client)  # before the first request: the moment each order is written
         await self._sync_clock()
         info: dict[str, Any] = await self._lookup("exchange_info", self._client.fapiPublicGetExchangeInfo)
         limits = limits_from_exchange_info(info)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
@@ -55,11 +56,18 @@ async def check_notifications(redis: Redis) -> None:
     )
 
 
+class PermitSignal(asyncio.Event):
+    """Set when a watched permit key changed. `at`: when the service read that notification
+    (time.perf_counter()); None when it was set for a new subscription, which carries no moment."""
+
+    at: float | None = None
+
+
 class PermitWatcher:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._db = int(redis.connection_pool.connection_kwargs.get("db", 0))
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[PermitSignal]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -83,9 +91,9 @@ class PermitWatcher:
             await self._task
 
     @contextlib.asynccontextmanager
-    async def watching(self, permit_keys: Iterable[str]) -> AsyncIterator[asyncio.Event]:
+    async def watching(self, permit_keys: Iterable[str]) -> AsyncIterator[PermitSignal]:
         """An event set whenever one of these keys changes (or the subscription was re-made)."""
-        event = asyncio.Event()
+        event = PermitSignal()
         watched = list(permit_keys)
         for key in watched:
             self._waiters.setdefault(key, set()).add(event)
@@ -121,10 +129,13 @@ class PermitWatcher:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _wake(self, key: str) -> None:
+        read_at = time.perf_counter()
         for event in self._waiters.get(key, ()):
+            event.at = read_at
             event.set()
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():
             for event in waiters:
+                event.at = None
                 event.set()

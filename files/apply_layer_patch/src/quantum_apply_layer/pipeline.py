@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Literal, NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -24,6 +25,7 @@ from .entry import RawFields, decode_entry, printable_name
 from .exchange import client_order_id
 from .execution import PositionUnknown, Prepared, StepExecutor, StepOutcome
 from .market_filters import FilterError
+from .order_writes import WriteStamp, watching_writes
 from .permits import PermitWatcher
 from .plan import Plan, PlanError, parse_plan
 from .records import Recorder, Result
@@ -33,6 +35,14 @@ from .statuses import STOPS_THE_PLAN, ResultStatus, StepStatus
 from .switch import parse_switch
 
 log = logging.getLogger(__name__)
+
+
+class CouldGo(NamedTuple):
+    """When a plan could go, for apply_gate_seconds: its last permit's notification read (`permit`), or,
+    its permits there already, the start of its handling (`plan`). time.perf_counter()."""
+
+    since: Literal["permit", "plan"]
+    at: float
 
 
 class PlanPipeline:
@@ -97,7 +107,7 @@ class PlanPipeline:
         async with contextlib.AsyncExitStack() as held:
             with redis_guard("claim connection"):  # a Redis that cannot give one leaves the plan pending
                 connection = await held.enter_async_context(self.redis.client())
-            claim = await self._claim_waiting_for_permits(plan, entry_id, connection)
+            claim, could_go = await self._claim_waiting_for_permits(plan, entry_id, connection, started)
             verdict = gates.claim_verdict(claim)
             if verdict is not None:
                 _count_denial(claim)
@@ -106,7 +116,9 @@ class PlanPipeline:
             if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
-            result = await self._send_claimed(plan, entry_id, claim, prepared, resumed=recovered)
+            with watching_writes() as written:
+                result = await self._send_claimed(plan, entry_id, claim, prepared, resumed=recovered)
+            _observe_gate(could_go, written)
         await self._record(entry_id, result, started, claim_mark=claim.mark)
         if plan.emergency:
             metrics.apply_emergency_close_total.labels(result.status).inc()
@@ -182,13 +194,18 @@ class PlanPipeline:
             entry_id, Result(plan.plan_id, plan.symbol, verdict.status, verdict.reason), started
         )
 
-    async def _claim_waiting_for_permits(self, plan: Plan, entry_id: str, connection: Redis) -> ClaimResult:
+    async def _claim_waiting_for_permits(
+        self, plan: Plan, entry_id: str, connection: Redis, started: float
+    ) -> tuple[ClaimResult, CouldGo | None]:
+        """The claim, and when the plan could go (None: woken by no notification, so unknown)."""
+        could_go: CouldGo | None = CouldGo("plan", started)
         waited_from = time.perf_counter()
         deadline = time.monotonic() + self.settings.permit_timeout_s
         permit_keys = [keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id)]
         async with self.permits.watching(permit_keys) as changed:
             while True:
                 changed.clear()
+                changed.at = None
                 claim = await self._claim(plan, entry_id, connection)
                 if claim.kind != "permit_missing":
                     break
@@ -200,11 +217,12 @@ class PlanPipeline:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await changed.wait()
+                could_go = None if changed.at is None else CouldGo("permit", changed.at)
         if not self.settings.testnet:
             waited = time.perf_counter() - waited_from
             metrics.permit_wait_ms.observe(waited * 1000)
             metrics.apply_permit_wait_seconds.observe(waited)
-        return claim
+        return claim, could_go
 
     async def _claim(self, plan: Plan, entry_id: str, connection: Redis) -> ClaimResult:
         with redis_guard("claim"):
@@ -343,3 +361,9 @@ def _label(reason: str) -> str:
     """Keep label values few: free text from upstream would make a series per message."""
     cleaned = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in reason.lower())[:40]
     return cleaned or "unspecified"
+
+
+def _observe_gate(could_go: CouldGo | None, written: WriteStamp) -> None:
+    """Measured where it runs: what the gate added before the plan's first order left (none: no order)."""
+    if could_go is not None and written.first_at is not None:
+        metrics.apply_gate_seconds.labels(could_go.since).observe(written.first_at - could_go.at)

@@ -1,0 +1,65 @@
+"""When a request's bytes were written to the exchange's connection: where "what the gate adds" ends.
+
+ccxt makes its requests with aiohttp. aiohttp calls a trace hook as it writes a request's body, a few
+microseconds before the socket's write, in the request's own task: so a context variable set by the
+caller (a plan's task) is seen there, and each plan gets its own stamp, however many run at once.
+Requests without a body (the lookups, GETs) are not stamped; on Binance every order carries one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+
+
+class WriteStamp:
+    """`first_at`: time.perf_counter() when the first request body was written while it was watched."""
+
+    def __init__(self) -> None:
+        self.first_at: float | None = None
+
+
+_WATCHING: ContextVar[WriteStamp | None] = ContextVar("order_writes", default=None)
+
+
+@contextlib.contextmanager
+def watching_writes() -> Iterator[WriteStamp]:
+    """Stamps the first request body this task (and the tasks it starts) writes inside the block."""
+    stamp = WriteStamp()
+    token = _WATCHING.set(stamp)
+    try:
+        yield stamp
+    finally:
+        _WATCHING.reset(token)
+
+
+async def _body_written(
+    _session: aiohttp.ClientSession, _context: SimpleNamespace, _params: aiohttp.TraceRequestChunkSentParams
+) -> None:
+    stamp = _WATCHING.get()
+    if stamp is not None and stamp.first_at is None:
+        stamp.first_at = time.perf_counter()
+
+
+def trace_writes(client: Any) -> None:
+    """Give ccxt's client the session ccxt would open for itself (the same TLS context and connector, see
+    ccxt's `Exchange.open`), with the hook. Given before ccxt's first request, ccxt uses it and closes it."""
+    if client.session is not None:
+        return
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(_body_written)
+    context = ssl.create_default_context(cafile=client.cafile) if client.verify else False
+    client.tcp_connector = aiohttp.TCPConnector(
+        ssl=context, enable_cleanup_closed=True, family=socket.AF_UNSPEC, happy_eyeballs_delay=0
+    )
+    client.session = aiohttp.ClientSession(
+        connector=client.tcp_connector, trust_env=client.aiohttp_trust_env, trace_configs=[trace]
+    )
