@@ -78,9 +78,14 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 120, every_s: float =
 
 def http_json(host: Host, url: str, body: Any = None, login: str = "") -> Any:
     """GET (or POST `body`) from inside a container: the services listen on its loopback."""
-    command = host.run("python3 -c %s %s %s %s", HTTP, url, "" if body is None else json.dumps(body), login)
+    return json.loads(http_text(host, url, "" if body is None else json.dumps(body), login))
+
+
+def http_text(host: Host, url: str, body: str = "", login: str = "") -> str:
+    """The answer's text, from inside a container (a metrics page on plain HTTP, say)."""
+    command = host.run("python3 -c %s %s %s %s", HTTP, url, body, login)
     assert command.rc == 0, command.stderr
-    return json.loads(command.stdout)
+    return str(command.stdout)
 
 
 def metrics(host: Host, url: str, client: str | None = None) -> str:

@@ -3,6 +3,6 @@
 
 from __future__ import annotations
 
-from scenario_helpers import RELEASE_PYTHON, http_json, kill_switch_play, wait_for
+from scenario_helpers import RELEASE_PYTHON, http_json, http_text, kill_switch_play, wait_for
 
-__all__ = ["RELEASE_PYTHON", "http_json", "kill_switch_play", "wait_for"]
+__all__ = ["RELEASE_PYTHON", "http_json", "http_text", "kill_switch_play", "wait_for"]

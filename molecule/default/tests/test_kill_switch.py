@@ -5,7 +5,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import RELEASE_PYTHON, kill_switch_play
+from conftest import RELEASE_PYTHON, http_text, kill_switch_play
 from testinfra.host import Host
 
 PROBE = (Path(__file__).parent / "plan_probe.py").read_text()
@@ -29,7 +29,16 @@ def test_switch_on_halts_and_off_resumes(host: Host) -> None:
         switched_off = kill_switch_play(kill_switch="off", reason="molecule verify: resume")
     assert switched_off.returncode == 0, switched_off.stdout + switched_off.stderr
     assert "reason='molecule verify: resume'" in host.check_output("quantum-apply-layer status")
+    measured_before = gate_measured(host)
     assert send_plan(host) == {"status": "executed", "orders": 1}
+    # The service measured what its gate added to that order, on the deployed host's Python and aiohttp.
+    assert gate_measured(host) == measured_before + 1
+
+
+def gate_measured(host: Host) -> float:
+    """How many orders apply_gate_seconds has measured, whatever `since`."""
+    metrics = http_text(host, "http://127.0.0.1:8000/metrics").splitlines()
+    return sum(float(line.split()[-1]) for line in metrics if line.startswith("apply_gate_seconds_count"))
 
 
 def test_play_refuses_bad_arguments() -> None:

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from conftest import http_json, wait_for
+from conftest import http_json, http_text, wait_for
 from testinfra.host import Host
 
 JOBS = {"apply_layer", "node", "redis", "prometheus", "alertmanager"}
@@ -30,7 +30,4 @@ def test_every_target_is_up(host: Host) -> None:
 
 
 def test_apply_layer_exports_build_info(host: Host) -> None:
-    metrics = host.check_output(
-        "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/metrics\").read().decode())'"
-    )
-    assert "apply_build_info{" in metrics
+    assert "apply_build_info{" in http_text(host, "http://127.0.0.1:8000/metrics")
