@@ -85,7 +85,8 @@ BACKGROUND_MARKS = ("(every symbol)", "/listenKey", "GET /fapi/v1/time", "GET /w
 DOOR_TRIALS = 200  # orders per door per distance, one at a time, the doors alternated
 RECONCILIATION = "GET /fapi/v3/positionRisk (every symbol)"
 BACKGROUND_WINDOW_S = 30.0  # no plans: 6 reconciliations at the default 5 s
-STREAM_SETTLE_S = 1.0  # after the warm-up plans: the user data stream connected and reconciled
+STREAM_SETTLE_S = 1.0  # after the warm-up plans: their echoes back on the stream, a reconciliation
+RECONCILED_AT = "apply_user_stream_last_reconcile_timestamp_seconds"
 EVAL_REQUESTS = 100_000
 EVAL_CLIENTS = 50
 EVAL_SCRIPT = "return redis.call('GET', KEYS[1])"
@@ -419,10 +420,29 @@ def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
-async def own_measure(service: ServiceProcess) -> OwnMeasure:
+async def scrape(service: ServiceProcess) -> str:
     port = service.env["APPLY_METRICS_PORT"]
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as answer:
-        text = await answer.text()
+        return await answer.text()
+
+
+async def until_stream_reconciled(service: ServiceProcess) -> None:
+    """The service's user data stream is up and reconciled, so the echoes of the orders it sends come
+    back: an order sent before that has none, and the next plan on its symbol would wait
+    FILL_ECHO_WAIT_S (250 ms) and read its position by REST, which is not what the trials measure."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            families = text_string_to_metric_families(await scrape(service))
+            now = {sample.name: sample.value for family in families for sample in family.samples}
+            if now.get("apply_user_stream_up") == 1 and now.get(RECONCILED_AT, 0) > 0:
+                return
+        await asyncio.sleep(POLL_S)
+    raise BenchBroken(f"the service's user data stream was not reconciled within {START_TIMEOUT_S:g} s")
+
+
+async def own_measure(service: ServiceProcess) -> OwnMeasure:
+    text = await scrape(service)
     buckets: list[tuple[float, float]] = []
     count = total = 0.0
     for family in text_string_to_metric_families(text):
@@ -461,6 +481,7 @@ async def permit_latencies(lab: Lab) -> PermitTrials:
     permits_at: dict[str, float] = {}
     async with lab.service() as service:
         # Warm: the service has connected to the exchange and reads the stream before the first trial.
+        await until_stream_reconciled(service)
         for n in range(PERMIT_WARMUP_PLANS):
             await grant_permits(lab.redis, f"warm-{n}", safe_close_qty=1.0, position=POSITION)
             await lab.redis.xadd(keys.PLAN_STREAM, plan_fields(f"warm-{n}", symbol=SYMBOLS[n]))
