@@ -108,8 +108,8 @@ def health() -> dict[str, object]:
 
 
 def gate_samples(since: str) -> tuple[float, float]:
-    """apply_gate_seconds{since}: how many plans, and their seconds in all."""
-    labels = {"since": since}
+    """apply_gate_seconds{since, order="close"}: how many plans, and their seconds in all."""
+    labels = {"since": since, "order": "close"}
     return (
         metrics.REGISTRY.get_sample_value("apply_gate_seconds_count", labels) or 0.0,
         metrics.REGISTRY.get_sample_value("apply_gate_seconds_sum", labels) or 0.0,
@@ -165,23 +165,26 @@ async def test_what_the_gate_adds_ends_at_the_order_write_not_at_its_answer(
     redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory, proxy: DelayProxy
 ) -> None:
     """apply_gate_seconds, 50 ms from the exchange: from the permit's notification to the order's bytes
-    written is local work, whatever the distance; the order's own round trip takes 100 ms more."""
-    emulator.set_positions({"BTCUSDT": 0.8})
+    written is local work, whatever the distance; each order's own round trip takes 100 ms more. Two
+    plans sending at once each get their own stamp."""
+    emulator.set_positions({"BTCUSDT": 0.8, "ETHUSDT": 4.0})
     proxy.delay_s = 0.05  # each way, for every connection made from now on
     gated_before, trips_before = gate_samples("permit"), order_round_trips()
     url = f"http://127.0.0.1:{proxy.port}"
     async with running_service(APPLY_EXCHANGE_URL=url, APPLY_PERMIT_TIMEOUT_MS="5000", **QUIET) as service:
         await fresh(service)
-        await add_plan(redis, "far", permits=False, steps=CLOSE_HALF, action="PARTIAL_50")
-        await asyncio.sleep(0.5)  # read, prepared from the stream's position, waiting for its permits
+        for plan_id, symbol in (("far-btc", "BTCUSDT"), ("far-eth", "ETHUSDT")):
+            await add_plan(redis, plan_id, False, steps=CLOSE_HALF, action="PARTIAL_50", symbol=symbol)
+            await until(lambda plan_id=plan_id: service.permits.awaited(keys.p33_permit(plan_id)))
         assert emulator.orders() == []
-        await grant_permits(redis, "far", safe_close_qty=100.0)
-        result = (await wait_for_results(redis, 1))["far"]
-    assert result["status"] == "executed", result
+        await grant_permits(redis, "far-btc", safe_close_qty=100.0)
+        await grant_permits(redis, "far-eth", safe_close_qty=100.0)
+        found = await wait_for_results(redis, 2)
+    assert [found[plan_id]["status"] for plan_id in ("far-btc", "far-eth")] == ["executed"] * 2, found
     count, gated = (now - then for now, then in zip(gate_samples("permit"), gated_before, strict=True))
-    assert count == 1
-    assert 0 < gated < 0.05, gated  # a few ms here: never the round trip
-    assert order_round_trips() - trips_before >= 0.1
+    assert count == 2
+    assert 0 < gated < 2 * 0.05, gated  # a few ms each here: never a round trip
+    assert order_round_trips() - trips_before >= 2 * 0.1
 
 
 async def test_orders_the_exchange_budget_cannot_take_are_blocked_before_the_claim(

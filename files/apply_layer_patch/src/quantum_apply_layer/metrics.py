@@ -130,8 +130,9 @@ apply_gate_seconds = Histogram(
     "apply_gate_seconds",
     "What the gate adds on this host: from the moment a plan could go (since=permit: its last permit's "
     "keyspace notification read; since=plan: its permits already there, its handling begun) to its first "
-    "order's bytes written to the exchange's connection.",
-    ["since"],
+    "order's bytes written to the exchange's connection; order=close or stop (a stop update's order "
+    "waits for the cancel of the standing stop).",
+    ["since", "order"],
     buckets=(0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
     registry=REGISTRY,
 )

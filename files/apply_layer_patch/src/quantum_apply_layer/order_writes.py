@@ -9,15 +9,18 @@ Requests without a body (the lookups, GETs) are not stamped; on Binance every or
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+
+log = logging.getLogger(__name__)
 
 
 class WriteStamp:
@@ -50,16 +53,26 @@ async def _body_written(
 
 
 def trace_writes(client: Any) -> None:
-    """Give ccxt's client the session ccxt would open for itself (the same TLS context and connector, see
-    ccxt's `Exchange.open`), with the hook. Given before ccxt's first request, ccxt uses it and closes it."""
+    """Give ccxt's client the session ccxt would open for itself (its TLS context, made as ccxt makes it,
+    and its connector settings, see ccxt's `Exchange.open`), with the hook. Given before ccxt's first
+    request, ccxt uses it and closes it. A SOCKS proxy (which the apply layer does not configure) would
+    use a session of ccxt's own, unmeasured."""
     if client.session is not None:
+        log.warning("ccxt's session was open before it could be traced: apply_gate_seconds stays empty")
         return
     trace = aiohttp.TraceConfig()
     trace.on_request_chunk_sent.append(_body_written)
-    context = ssl.create_default_context(cafile=client.cafile) if client.verify else False
     client.tcp_connector = aiohttp.TCPConnector(
-        ssl=context, enable_cleanup_closed=True, family=socket.AF_UNSPEC, happy_eyeballs_delay=0
+        ssl=_tls_context(client), enable_cleanup_closed=True, family=socket.AF_UNSPEC, happy_eyeballs_delay=0
     )
     client.session = aiohttp.ClientSession(
         connector=client.tcp_connector, trust_env=client.aiohttp_trust_env, trace_configs=[trace]
     )
+
+
+def _tls_context(client: Any) -> ssl.SSLContext | bool:
+    """ccxt's own when it has one, else one made as ccxt's `open()` makes it: verifying with ccxt's CA
+    file, or none with `verify` off (the apply layer changes neither, nor `include_OS_certificates`)."""
+    if client.ssl_context is None:
+        client.ssl_context = ssl.create_default_context(cafile=client.cafile) if client.verify else False
+    return cast(ssl.SSLContext | bool, client.ssl_context)

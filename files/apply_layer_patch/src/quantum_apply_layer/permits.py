@@ -71,6 +71,10 @@ class PermitWatcher:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
+    def awaited(self, key: str) -> bool:
+        """Whether a plan is waiting for this permit key now."""
+        return bool(self._waiters.get(key))
+
     @property
     def channel_prefix(self) -> str:
         return f"__keyspace@{self._db}__:"

@@ -27,7 +27,7 @@ from .execution import PositionUnknown, Prepared, StepExecutor, StepOutcome
 from .market_filters import FilterError
 from .order_writes import WriteStamp, watching_writes
 from .permits import PermitWatcher
-from .plan import Plan, PlanError, parse_plan
+from .plan import OrderType, Plan, PlanError, parse_plan
 from .records import Recorder, Result
 from .redis_guard import RedisUnavailable, redis_failed, redis_guard
 from .scripts import Scripts
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 
 class CouldGo(NamedTuple):
-    """When a plan could go, for apply_gate_seconds: its last permit's notification read (`permit`), or,
-    its permits there already, the start of its handling (`plan`). time.perf_counter()."""
+    """When a plan could go, for apply_gate_seconds (time.perf_counter()): `plan`, its permits there
+    already, the start of its handling; `permit`, the read of the notification that woke it for the claim
+    that passed, or, when a permit changed while that claim was in flight, the claim's sending."""
 
     since: Literal["permit", "plan"]
     at: float
@@ -118,7 +119,7 @@ class PlanPipeline:
             await self._confirm_replicated(plan, connection)
             with watching_writes() as written:
                 result = await self._send_claimed(plan, entry_id, claim, prepared, resumed=recovered)
-            _observe_gate(could_go, written)
+            _observe_gate(plan, could_go, written)
         await self._record(entry_id, result, started, claim_mark=claim.mark)
         if plan.emergency:
             metrics.apply_emergency_close_total.labels(result.status).inc()
@@ -199,6 +200,7 @@ class PlanPipeline:
     ) -> tuple[ClaimResult, CouldGo | None]:
         """The claim, and when the plan could go (None: woken by no notification, so unknown)."""
         could_go: CouldGo | None = CouldGo("plan", started)
+        woken = False
         waited_from = time.perf_counter()
         deadline = time.monotonic() + self.settings.permit_timeout_s
         permit_keys = [keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id)]
@@ -206,8 +208,13 @@ class PlanPipeline:
             while True:
                 changed.clear()
                 changed.at = None
+                sent_at = time.perf_counter()
                 claim = await self._claim(plan, entry_id, connection)
                 if claim.kind != "permit_missing":
+                    if woken and changed.at is not None:
+                        # A permit changed while this claim was in flight: perhaps the one that let it
+                        # pass, so the plan could go from this claim on, not from the earlier wake.
+                        could_go = CouldGo("permit", sent_at)
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -217,6 +224,7 @@ class PlanPipeline:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await changed.wait()
+                woken = True
                 could_go = None if changed.at is None else CouldGo("permit", changed.at)
         if not self.settings.testnet:
             waited = time.perf_counter() - waited_from
@@ -363,7 +371,10 @@ def _label(reason: str) -> str:
     return cleaned or "unspecified"
 
 
-def _observe_gate(could_go: CouldGo | None, written: WriteStamp) -> None:
-    """Measured where it runs: what the gate added before the plan's first order left (none: no order)."""
-    if could_go is not None and written.first_at is not None:
-        metrics.apply_gate_seconds.labels(could_go.since).observe(written.first_at - could_go.at)
+def _observe_gate(plan: Plan, could_go: CouldGo | None, written: WriteStamp) -> None:
+    """Measured where it runs: what the gate added before the plan's first order left (none: no order).
+    A stop update's first order waits for the cancel of the standing stop (Binance's rule): kept apart."""
+    if could_go is None or written.first_at is None:
+        return
+    order = "stop" if plan.steps[0].order_type is OrderType.STOP_LOSS_ORDER else "close"
+    metrics.apply_gate_seconds.labels(could_go.since, order).observe(written.first_at - could_go.at)
