@@ -1,9 +1,9 @@
 """When a request's bytes were written to the exchange's connection: where "what the gate adds" ends.
 
 ccxt makes its requests with aiohttp. aiohttp calls a trace hook as it writes a request's body, a few
-microseconds before the socket's write, in the request's own task: so a context variable set by the
-caller (a plan's task) is seen there, and each plan gets its own stamp, however many run at once.
-Requests without a body (the lookups, GETs) are not stamped; on Binance every order carries one.
+microseconds before the socket's write, in its writing task, which inherits the caller's context: so a
+context variable set by a plan's task is seen there, and each plan gets its own stamp, however many run
+at once. Requests without a body (lookups, a cancel) are not stamped; on Binance every order has one.
 """
 
 from __future__ import annotations
