@@ -128,8 +128,9 @@ apply_permit_wait_seconds = Histogram(
 )
 apply_gate_seconds = Histogram(
     "apply_gate_seconds",
-    "What the gate adds on this host: from the moment a plan could go (since=permit: its last permit's "
-    "keyspace notification read; since=plan: its permits already there, its handling begun) to its first "
+    "What the gate adds on this host: from the moment a plan could go (since=permit: the read of the "
+    "permit notification that woke it for the claim that passed, or that claim's sending when a permit "
+    "changed while it was in flight; since=plan: its permits already there, its handling begun) to its first "
     "order's bytes written to the exchange's connection; order=close or stop (a stop update's order "
     "waits for the cancel of the standing stop).",
     ["since", "order"],
