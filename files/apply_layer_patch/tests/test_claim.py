@@ -1,6 +1,7 @@
 """claim.py and claim.lua state one contract: the KEYS and ARGV in the same order (this fails when one
 of them changes and the other does not); and the claim counts the plan's orders in the exchange's budget,
-or claims nothing."""
+or claims nothing; and a claim packed once and held on its connection still claims when Redis forgot
+the script or the connection broke."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from quantum_apply_layer import claim, exchange_limits, keys
 from quantum_apply_layer.claim import CLAIM_ARGV, CLAIM_KEYS, ClaimResult, claim_args, claim_keys
 from quantum_apply_layer.config import load_settings
 from quantum_apply_layer.exchange_limits import Budget, SharedLimiter
+from quantum_apply_layer.held_claim import HeldClaim
 from quantum_apply_layer.plan import Plan, parse_plan
 from quantum_apply_layer.sample_plans import CLOSE_FULL
 from quantum_apply_layer.scripts import register_scripts
@@ -120,3 +122,38 @@ async def test_a_ban_holds_back_every_claim_even_an_emergency_close(redis: Redis
     held = await claimed(redis, emergency, Budget(2280, 285, 1140))
     assert (held.kind, held.detail.partition(":")[0]) == ("held_back", "blocked")
     assert await redis.exists(keys.emergency_token("close-now"))  # the operator's token is kept
+
+
+def held_claim(redis: Redis, client: Redis, plan_id: str) -> HeldClaim:
+    plan = parse_plan(plan_fields(plan_id))
+    settings = load_settings({})
+    args = claim_args(plan, f"entry-{plan_id}", settings, Budget(1920, 240, 960))
+    return HeldClaim(register_scripts(redis).claim, client, claim_keys(plan_id, plan.symbol), args)
+
+
+async def test_a_held_claim_runs_its_packed_bytes_again_on_each_try(redis: Redis) -> None:
+    async with redis.client() as client:
+        held = held_claim(redis, client, "waits")
+        assert (await held.run()).kind == "permit_missing"
+        await grant_permits(redis, "waits")
+        assert (await held.run()).kind == "claimed"
+        assert (await held.run()).kind == "resume"  # the same owner: the plan looks its orders up first
+
+
+async def test_a_held_claim_loads_the_script_a_restarted_redis_forgot(redis: Redis) -> None:
+    await grant_permits(redis, "after-restart")
+    async with redis.client() as client:
+        held = held_claim(redis, client, "after-restart")
+        await redis.script_flush()  # as after a restart: NOSCRIPT to the packed EVALSHA
+        assert (await held.run()).kind == "claimed"
+
+
+async def test_a_held_claim_whose_connection_broke_reconnects(redis: Redis) -> None:
+    await grant_permits(redis, "reconnects")
+    async with redis.client() as client:
+        held = held_claim(redis, client, "reconnects")
+        own_id = await client.client_id()
+        await redis.client_kill_filter(_id=own_id)
+        claim = await held.run()
+        assert claim.kind == "claimed"
+        assert await client.client_id() != own_id  # a new connection carried it

@@ -24,6 +24,7 @@ from .decoding import optional_text
 from .entry import RawFields, decode_entry, printable_name
 from .exchange import client_order_id
 from .execution import PositionUnknown, Prepared, StepExecutor, StepOutcome
+from .held_claim import HeldClaim
 from .market_filters import FilterError
 from .order_writes import WriteStamp, watching_writes
 from .permits import PermitWatcher
@@ -204,12 +205,19 @@ class PlanPipeline:
         waited_from = time.perf_counter()
         deadline = time.monotonic() + self.settings.permit_timeout_s
         permit_keys = [keys.governor_permit(plan.plan_id), keys.p33_permit(plan.plan_id)]
+        held = HeldClaim(
+            self.scripts.claim,
+            connection,
+            claim_keys(plan.plan_id, plan.symbol),
+            claim_args(plan, entry_id, self.settings, self.executor.budget(plan.emergency)),
+        )
         async with self.permits.watching(permit_keys) as changed:
             while True:
                 changed.clear()
                 changed.at = None
                 sent_at = time.perf_counter()
-                claim = await self._claim(plan, entry_id, connection)
+                with redis_guard("claim"):
+                    claim = await held.run()
                 if claim.kind != "permit_missing":
                     if woken and changed.at is not None:
                         # A permit changed while this claim was in flight: perhaps the one that let it
@@ -232,12 +240,12 @@ class PlanPipeline:
             metrics.apply_permit_wait_seconds.observe(waited)
         return claim, could_go
 
-    async def _claim(self, plan: Plan, entry_id: str, connection: Redis) -> ClaimResult:
+    async def _claim_again(self, plan: Plan, entry_id: str) -> ClaimResult:
+        """Before a later step of a claimed plan: on any pooled connection (no permit is awaited)."""
         with redis_guard("claim"):
             reply = await self.scripts.claim(
                 keys=claim_keys(plan.plan_id, plan.symbol),
                 args=claim_args(plan, entry_id, self.settings, self.executor.budget(plan.emergency)),
-                client=connection,
             )
         return ClaimResult.from_script(reply)
 
@@ -254,7 +262,7 @@ class PlanPipeline:
         for index in range(len(plan.steps)):
             if index > 0:
                 # A halt set while earlier steps were sending stops the steps not yet sent.
-                again = await self._claim(plan, entry_id, self.redis)
+                again = await self._claim_again(plan, entry_id)
                 if again.kind != "resume":
                     reason = gates.claim_verdict(again)
                     detail = reason.reason if reason else again.kind
