@@ -27,6 +27,7 @@ from redis.exceptions import MaxConnectionsError
 from quantum_apply_layer import exchange_limits, keys, metrics
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange_limits import Budget, HeldBack, SharedLimiter
+from quantum_apply_layer.pipeline import PlanPipeline
 from quantum_apply_layer.redis_guard import RedisUnavailable
 from quantum_apply_layer.service import ApplyLayer
 from quantum_apply_layer.stream_health import render_stream_health, stream_health
@@ -34,6 +35,12 @@ from quantum_apply_layer.stream_health import render_stream_health, stream_healt
 POSITION_RISK = "GET /fapi/v3/positionRisk"
 ORDER = "POST /fapi/v1/order"
 CLOSE_HALF = json.dumps([{"step": "CLOSE_PARTIAL_50", "type": "market_reduce_only", "pct": 50}])
+CLOSE_THEN_STOP = json.dumps(
+    [
+        {"step": "CLOSE_PARTIAL_50", "type": "market_reduce_only", "pct": 50},
+        {"step": "UPDATE_SL", "type": "stop_loss_order", "price": 90000},
+    ]
+)
 # Long enough that no periodic reconciliation runs inside a test: every positionRisk seen is a plan's.
 QUIET = {"APPLY_POSITION_MAX_AGE_S": "300"}
 
@@ -185,6 +192,30 @@ async def test_what_the_gate_adds_ends_at_the_order_write_not_at_its_answer(
     assert count == 2
     assert 0 < gated < 2 * 0.05, gated  # a few ms each here: never a round trip
     assert order_round_trips() - trips_before >= 2 * 0.1
+
+
+async def test_an_order_written_before_redis_failed_a_later_step_is_measured(
+    redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close went out, then Redis failed the claim before the stop (the plan stays pending): the
+    close's gate is measured all the same, once; the plan's resumption, which writes nothing, adds none."""
+    emulator.set_positions({"BTCUSDT": 0.8})
+
+    tries: list[str] = []
+
+    async def redis_gone(_pipeline: PlanPipeline, plan: object, entry_id: str) -> None:
+        tries.append(entry_id)
+        raise RedisUnavailable("claim: Redis went away")
+
+    monkeypatch.setattr(PlanPipeline, "_claim_again", redis_gone)
+    gated_before = gate_samples("plan")[0]
+    async with running_service(**QUIET) as service:
+        await fresh(service)
+        await plan(redis, "close-then-gone", steps=CLOSE_THEN_STOP, action="PARTIAL_50")
+        await until(lambda: any(o.client_order_id == "qh-close-then-gone-0" for o in emulator.orders()))
+        await until(lambda: len(tries) >= 2)  # taken up again: its lookup found the close, wrote nothing
+    assert gate_samples("plan")[0] == gated_before + 1
+    assert [o.client_order_id for o in emulator.orders()] == ["qh-close-then-gone-0"]
 
 
 async def test_orders_the_exchange_budget_cannot_take_are_blocked_before_the_claim(

@@ -119,8 +119,10 @@ class PlanPipeline:
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
             with watching_writes() as written:
-                result = await self._send_claimed(plan, entry_id, claim, prepared, resumed=recovered)
-            _observe_gate(plan, could_go, written)
+                try:
+                    result = await self._send_claimed(plan, entry_id, claim, prepared, resumed=recovered)
+                finally:  # an order written before Redis failed a later step was the gate's too
+                    _observe_gate(plan, could_go, written)
         await self._record(entry_id, result, started, claim_mark=claim.mark)
         if plan.emergency:
             metrics.apply_emergency_close_total.labels(result.status).inc()
