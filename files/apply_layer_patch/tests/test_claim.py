@@ -153,7 +153,7 @@ async def test_a_held_claim_whose_connection_broke_reconnects(redis: Redis) -> N
     async with redis.client() as client:
         held = held_claim(redis, client, "reconnects")
         own_id = await client.client_id()
-        await redis.client_kill_filter(_id=own_id)
+        await redis.client_kill_filter(_id=str(own_id))
         claim = await held.run()
         assert claim.kind == "claimed"
         assert await client.client_id() != own_id  # a new connection carried it
