@@ -25,9 +25,11 @@ from redis.asyncio import Redis
 from redis.exceptions import MaxConnectionsError
 
 from quantum_apply_layer import exchange_limits, keys, metrics
+from quantum_apply_layer.claim import ClaimResult
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange_limits import Budget, HeldBack, SharedLimiter
 from quantum_apply_layer.pipeline import PlanPipeline
+from quantum_apply_layer.plan import Plan
 from quantum_apply_layer.redis_guard import RedisUnavailable
 from quantum_apply_layer.service import ApplyLayer
 from quantum_apply_layer.stream_health import render_stream_health, stream_health
@@ -38,7 +40,7 @@ CLOSE_HALF = json.dumps([{"step": "CLOSE_PARTIAL_50", "type": "market_reduce_onl
 CLOSE_THEN_STOP = json.dumps(
     [
         {"step": "CLOSE_PARTIAL_50", "type": "market_reduce_only", "pct": 50},
-        {"step": "UPDATE_SL", "type": "stop_loss_order", "price": 90000},
+        {"step": "UPDATE_SL", "type": "stop_loss_order", "price": 40000},
     ]
 )
 # Long enough that no periodic reconciliation runs inside a test: every positionRisk seen is a plan's.
@@ -194,28 +196,33 @@ async def test_what_the_gate_adds_ends_at_the_order_write_not_at_its_answer(
     assert order_round_trips() - trips_before >= 2 * 0.1
 
 
-async def test_an_order_written_before_redis_failed_a_later_step_is_measured(
+async def test_an_order_written_before_redis_failed_a_later_step_is_measured_once(
     redis: Redis, emulator: ExchangeEmulator, running_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The close went out, then Redis failed the claim before the stop (the plan stays pending): the
-    close's gate is measured all the same, once; the plan's resumption, which writes nothing, adds none."""
+    close's gate is measured all the same, once. The plan's resumption finds the close sent and sends the
+    stop: that stop is not the plan's first order, so it adds no measure."""
     emulator.set_positions({"BTCUSDT": 0.8})
-
     tries: list[str] = []
+    claim_again = PlanPipeline._claim_again
 
-    async def redis_gone(_pipeline: PlanPipeline, plan: object, entry_id: str) -> None:
+    async def redis_gone_once(pipeline: PlanPipeline, plan: Plan, entry_id: str) -> ClaimResult:
         tries.append(entry_id)
-        raise RedisUnavailable("claim: Redis went away")
+        if len(tries) == 1:
+            raise RedisUnavailable("claim: Redis went away")
+        return await claim_again(pipeline, plan, entry_id)
 
-    monkeypatch.setattr(PlanPipeline, "_claim_again", redis_gone)
+    monkeypatch.setattr(PlanPipeline, "_claim_again", redis_gone_once)
     gated_before = gate_samples("plan")[0]
     async with running_service(**QUIET) as service:
         await fresh(service)
         await plan(redis, "close-then-gone", steps=CLOSE_THEN_STOP, action="PARTIAL_50")
-        await until(lambda: any(o.client_order_id == "qh-close-then-gone-0" for o in emulator.orders()))
-        await until(lambda: len(tries) >= 2)  # taken up again: its lookup found the close, wrote nothing
+        result = (await wait_for_results(redis, 1))["close-then-gone"]
+    assert result["status"] == "executed", result
+    assert len(tries) == 2  # taken up again after the failure
+    sent = [o.client_order_id for o in emulator.orders()]
+    assert sent == ["qh-close-then-gone-0", "qh-close-then-gone-1"], sent
     assert gate_samples("plan")[0] == gated_before + 1
-    assert [o.client_order_id for o in emulator.orders()] == ["qh-close-then-gone-0"]
 
 
 async def test_orders_the_exchange_budget_cannot_take_are_blocked_before_the_claim(

@@ -7,7 +7,8 @@ read on the same connection, plus 0.03 ms of packing (2026-11-28). So each try s
 before the wait and reads the answer on the held connection. When Redis forgot the script (a restart:
 NOSCRIPT) or the connection broke, the try is handed to redis-py's own call, which loads the script
 again or reconnects and retries, as for every other command. A claim that ran before its connection
-broke answers `resume` to that second try (the same owner), so the plan looks its orders up first.
+broke answers `resume` to that second try (the same owner), so the plan looks its orders up first; or,
+when a halt came in between, the switch's verdict, and nothing is sent.
 """
 
 from __future__ import annotations

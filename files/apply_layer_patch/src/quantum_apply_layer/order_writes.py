@@ -34,9 +34,8 @@ _WATCHING: ContextVar[WriteStamp | None] = ContextVar("order_writes", default=No
 
 
 @contextlib.contextmanager
-def watching_writes() -> Iterator[WriteStamp]:
+def watching_writes(stamp: WriteStamp) -> Iterator[WriteStamp]:
     """Stamps the first request body this task (and the tasks it starts) writes inside the block."""
-    stamp = WriteStamp()
     token = _WATCHING.set(stamp)
     try:
         yield stamp

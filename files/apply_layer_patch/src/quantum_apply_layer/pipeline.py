@@ -118,28 +118,34 @@ class PlanPipeline:
             if not self.settings.testnet and not plan.emergency and claim.kind == "claimed":
                 metrics.p33_permit_allow_total.inc()
             await self._confirm_replicated(plan, connection)
-            with watching_writes() as written:
-                try:
-                    result = await self._send_claimed(plan, entry_id, claim, prepared, resumed=recovered)
-                finally:  # an order written before Redis failed a later step was the gate's too
-                    _observe_gate(plan, could_go, written)
+            first_order = WriteStamp()
+            try:
+                result = await self._send_claimed(plan, entry_id, claim, prepared, recovered, first_order)
+            finally:  # an order written before Redis failed a later step was the gate's too
+                _observe_gate(plan, could_go, first_order)
         await self._record(entry_id, result, started, claim_mark=claim.mark)
         if plan.emergency:
             metrics.apply_emergency_close_total.labels(result.status).inc()
 
     async def _send_claimed(
-        self, plan: Plan, entry_id: str, claim: ClaimResult, prepared: Prepared, resumed: bool
+        self,
+        plan: Plan,
+        entry_id: str,
+        claim: ClaimResult,
+        prepared: Prepared,
+        resumed: bool,
+        first_order: WriteStamp,
     ) -> Result:
-        """The claimed plan's orders; the result says which steps were sent and what failed."""
+        """The claimed plan's orders; the result says which steps were sent and what failed.
+        `first_order` is stamped when step 0's order is written (none when it was sent before)."""
         # The claim counted the orders in the exchange's budget when it was first made. A plan resumed
         # (its WAIT failed, a restart) sends on that count: counting again would hold plans back for
         # orders never sent, and the exchange's own count, read back after each answer, corrects ours.
         prepared = self.executor.refreshed(plan, prepared)
         outcomes: list[StepOutcome] = []
         try:
-            await self._execute(
-                plan, entry_id, claim, prepared, outcomes, resumed=resumed or claim.kind == "resume"
-            )
+            resumed = resumed or claim.kind == "resume"
+            await self._execute(plan, entry_id, claim, prepared, outcomes, resumed, first_order)
         except RedisUnavailable:
             raise  # the claim stays, and the plan resumes with a lookup once Redis answers
         except (RedisError, OSError) as error:  # e.g. the exchange limiter: nothing was sent
@@ -259,6 +265,7 @@ class PlanPipeline:
         prepared: Prepared,
         outcomes: list[StepOutcome],
         resumed: bool,
+        first_order: WriteStamp,
     ) -> None:
         """One outcome per step tried, appended as each settles (so a failure keeps the earlier ones)."""
         for index in range(len(plan.steps)):
@@ -270,7 +277,11 @@ class PlanPipeline:
                     detail = reason.reason if reason else again.kind
                     outcomes.append(_not_sent(plan, index, StepStatus.HALTED, detail))
                     break
-            outcome = await self.executor.run(plan, index, claim.p33_permit, resumed, prepared)
+            # What the gate adds ends at the plan's first order: a resumed plan whose first order had
+            # gone out before, and whose later step is sent now, adds no measure.
+            watched = watching_writes(first_order) if index == 0 else contextlib.nullcontext(first_order)
+            with watched:
+                outcome = await self.executor.run(plan, index, claim.p33_permit, resumed, prepared)
             prepared = prepared.after(outcome)
             outcomes.append(outcome)
             if outcome.status in STOPS_THE_PLAN:
