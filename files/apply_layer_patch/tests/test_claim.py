@@ -9,6 +9,7 @@ import json
 import re
 from importlib import resources
 
+import pytest
 from plans import grant_permits, plan_fields
 from redis.asyncio import Redis
 
@@ -19,7 +20,7 @@ from quantum_apply_layer.exchange_limits import Budget, SharedLimiter
 from quantum_apply_layer.held_claim import HeldClaim
 from quantum_apply_layer.plan import Plan, parse_plan
 from quantum_apply_layer.sample_plans import CLOSE_FULL
-from quantum_apply_layer.scripts import register_scripts
+from quantum_apply_layer.scripts import lua_source, register_scripts
 
 LUA = resources.files("quantum_apply_layer").joinpath("claim.lua").read_text(encoding="utf-8")
 
@@ -124,6 +125,9 @@ async def test_a_ban_holds_back_every_claim_even_an_emergency_close(redis: Redis
     assert await redis.exists(keys.emergency_token("close-now"))  # the operator's token is kept
 
 
+LUA_SCRIPT = lua_source("switch_state.lua", "exchange_budget.lua", "claim.lua")
+
+
 def held_claim(redis: Redis, client: Redis, plan_id: str) -> HeldClaim:
     plan = parse_plan(plan_fields(plan_id))
     settings = load_settings({})
@@ -131,9 +135,17 @@ def held_claim(redis: Redis, client: Redis, plan_id: str) -> HeldClaim:
     return HeldClaim(register_scripts(redis).claim, client, claim_keys(plan_id, plan.symbol), args)
 
 
-async def test_a_held_claim_runs_its_packed_bytes_again_on_each_try(redis: Redis) -> None:
+async def test_a_held_claim_runs_its_packed_bytes_again_on_each_try(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with redis.client() as client:
         held = held_claim(redis, client, "waits")
+        await redis.script_load(LUA_SCRIPT)
+
+        async def no_fallback(**_: object) -> None:
+            raise AssertionError("the packed bytes were not enough: redis-py's call was used")
+
+        monkeypatch.setattr(held, "_script", no_fallback)  # each try below goes by the packed bytes alone
         assert (await held.run()).kind == "permit_missing"
         await grant_permits(redis, "waits")
         assert (await held.run()).kind == "claimed"
