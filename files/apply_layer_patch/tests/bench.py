@@ -80,8 +80,9 @@ PERMIT_TTL_S = 60
 RATE_RUNS = 3  # at 0 ms, interleaved with redis-benchmark; one run at each other distance
 RATE_PLANS = 5000
 RATE_PLANS_AT_DISTANCE = 1000  # 5 symbols, one plan each per round trip: 50 plans/s at 50 ms
-# Requests the service makes whatever the plans: the reconciliation, the listen key, the clock.
-BACKGROUND_MARKS = ("(every symbol)", "/listenKey", "GET /fapi/v1/time", "GET /ws/")
+# Requests the service makes whatever the plans: the reconciliation, the listen key, the clock, and the
+# connections of the user data stream and of the websocket API for orders.
+BACKGROUND_MARKS = ("(every symbol)", "/listenKey", "GET /fapi/v1/time", "GET /ws/", "GET /ws-fapi/")
 DOOR_TRIALS = 200  # orders per door per distance, one at a time, the doors alternated
 RECONCILIATION = "GET /fapi/v3/positionRisk (every symbol)"
 BACKGROUND_WINDOW_S = 30.0  # no plans: 6 reconciliations at the default 5 s

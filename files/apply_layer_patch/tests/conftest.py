@@ -14,6 +14,7 @@ from quantum_apply_layer.config import Settings, load_settings
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange import Exchange
 from quantum_apply_layer.exchange_limits import SharedLimiter
+from quantum_apply_layer.order_socket import order_socket_url
 from quantum_apply_layer.service import ApplyLayer
 
 pytest_plugins = ["emulator_fixture"]
@@ -70,7 +71,12 @@ def running_service(make_settings: SettingsFactory, redis_server: RedisServer) -
         # The account's limits shared in Redis, as runtime.py runs it.
         limiter = SharedLimiter(client)
         exchange = Exchange(
-            settings.exchange_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, 2.0, limiter=limiter
+            settings.exchange_url,
+            EMULATOR_API_KEY,
+            EMULATOR_API_SECRET,
+            2.0,
+            limiter=limiter,
+            order_socket_url=order_socket_url(settings.exchange_url),
         )
         service = ApplyLayer(settings, client, exchange)
         task = asyncio.create_task(service.run())

@@ -33,8 +33,10 @@ from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 CHUNK = 65536
-# An order request's client id, in its form body or query string (POST /fapi/v1/order).
+# An order request's client id, in its form body or query string (POST /fapi/v1/order), or in the JSON
+# params of a websocket API request (order.place), once its frame is unmasked.
 _CLIENT_ORDER_ID = re.compile(rb"newClientOrderId=([.A-Za-z0-9:/_-]{1,36})")
+_CLIENT_ORDER_ID_JSON = re.compile(rb'"newClientOrderId":\s*"([.A-Za-z0-9:/_-]{1,36})"')
 # Linux's SO_TIMESTAMPNS (asm-generic/socket.h, as on x86-64 and arm64; Python's socket module does not
 # name it): each segment received carries the CLOCK_REALTIME of its arrival, as a 64-bit struct timespec
 # in an SCM_TIMESTAMPNS (the same number) message.
@@ -44,6 +46,31 @@ _STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 Receive = Callable[[], Awaitable[bytes]]
 Send = Callable[[bytes], Awaitable[None]]
+
+
+def _masked_frames(chunk: bytes) -> list[bytes]:
+    """The payloads of the whole client websocket frames a chunk starts with (RFC 6455: a client masks
+    every frame with a 4-byte key); empty for a chunk that is no such frame. The websocket API's order
+    requests are small text frames, each written whole."""
+    payloads: list[bytes] = []
+    at = 0
+    while at + 6 <= len(chunk):
+        length = chunk[at + 1] & 0x7F
+        if not chunk[at + 1] & 0x80:
+            break  # unmasked: not a client's frame
+        head = 2
+        if length == 126:
+            length, head = int.from_bytes(chunk[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            length, head = int.from_bytes(chunk[at + 2 : at + 10], "big"), 10
+        key_at = at + head
+        start, end = key_at + 4, key_at + 4 + length
+        if end > len(chunk):
+            break
+        key = chunk[key_at:start]
+        payloads.append(bytes(byte ^ key[n % 4] for n, byte in enumerate(chunk[start:end])))
+        at = end
+    return payloads
 
 
 class _Link:
@@ -167,7 +194,10 @@ class DelayProxy:
     def _stamp_orders(self, chunk: bytes, left_at: float, read_at: float) -> None:
         if self._departures is None:
             return
-        for client_order_id in _CLIENT_ORDER_ID.findall(chunk):
+        found = _CLIENT_ORDER_ID.findall(chunk)
+        for frame in _masked_frames(chunk) if not found else []:
+            found += _CLIENT_ORDER_ID_JSON.findall(frame)
+        for client_order_id in found:
             self._departures.write(f"{client_order_id.decode()} {left_at:.6f} {read_at:.6f}\n")
 
     async def _pump(self, receive: Receive, send: Send, end: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange import Exchange
+from quantum_apply_layer.order_socket import order_socket_url
 
 EMULATOR_API_KEY = "emulator-test-key"
 EMULATOR_API_SECRET = "emulator-test-secret"
@@ -31,7 +32,13 @@ def emulator(emulator_session: ExchangeEmulator) -> ExchangeEmulator:
 @pytest.fixture
 async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
     """The adapter, opened (markets loaded, clock measured) against the session's emulator."""
-    adapter = Exchange(emulator.base_url, EMULATOR_API_KEY, EMULATOR_API_SECRET, 2.0)
+    adapter = Exchange(
+        emulator.base_url,
+        EMULATOR_API_KEY,
+        EMULATOR_API_SECRET,
+        2.0,
+        order_socket_url=order_socket_url(emulator.base_url),  # as the service sends its closes
+    )
     await adapter.open()
     yield adapter
     await adapter.close()

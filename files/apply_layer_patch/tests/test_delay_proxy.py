@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -153,3 +154,30 @@ async def test_a_request_on_a_kept_alive_connection_is_stamped_at_its_write(
             assert await loop.sock_recv(sender, 16) == b"ok"  # the answer came back through the proxy
             assert_stamped_at_the_write(departures(written)[f"qh-kept-{n}"], before, after)
     assert proxy.connections_opened == 1
+
+
+def masked_text_frame(text: str, key: bytes) -> bytes:
+    """A client's websocket text frame (RFC 6455: masked with a 4-byte key), as aiohttp writes it."""
+    payload = text.encode()
+    if len(payload) < 126:
+        head = bytes([0x81, 0x80 | len(payload)])
+    else:
+        head = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return head + key + bytes(byte ^ key[n % 4] for n, byte in enumerate(payload))
+
+
+async def test_orders_in_websocket_frames_are_stamped_by_their_client_id(
+    proxy: DelayProxy, target: Target, written: io.StringIO
+) -> None:
+    short = json.dumps({"id": "1", "method": "order.place", "params": {"newClientOrderId": "qh-ws-0"}})
+    long = json.dumps(
+        {"id": "2", "method": "order.place", "params": {"newClientOrderId": "qh-ws-1", "x": "y" * 200}}
+    )
+    chunk = masked_text_frame(short, b"\x01\x02\x03\x04") + masked_text_frame(long, b"\xfa\x0b\x1c\x2d")
+    assert b"qh-ws-0" not in chunk  # masked: only unmasking finds it
+    with connect(proxy) as sender:
+        before, after = send_and_hold(sender, chunk)
+        await target.until_received(chunk[-8:])
+    stamped = departures(written)
+    assert set(stamped) == {"qh-ws-0", "qh-ws-1"}
+    assert_stamped_at_the_write(stamped["qh-ws-1"], before, after)

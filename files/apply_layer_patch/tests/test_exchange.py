@@ -350,7 +350,7 @@ async def test_an_order_never_waits_for_the_clock_the_next_lookup_measures_it(
     before = await requests(emulator)
     await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-clock-due-0")
     after_order = await requests(emulator)
-    assert after_order - before == Counter({"POST /fapi/v1/order": 1})  # the order alone, after the claim
+    assert after_order - before == Counter({"WS order.place": 1})  # the order alone, after the claim
     await exchange.position("BTCUSDT")
     assert (await requests(emulator) - after_order)["GET /fapi/v1/time"] == 1
 
@@ -435,6 +435,7 @@ def test_every_call_the_adapter_makes_has_a_cost_the_emulator_agrees_with() -> N
         "algo_cancel": ("DELETE", "/fapi/v1/algoOrder"),
         "algo_open": ("GET", "/fapi/v1/openAlgoOrders"),
         "listen_key": ("POST", "/fapi/v1/listenKey"),
+        "order_socket": ("GET", "/ws-fapi/v1"),
     }
     assert set(paths) == set(ENDPOINT_COSTS)
     for name, route in paths.items():
@@ -447,12 +448,12 @@ async def test_an_answer_that_is_only_ack_is_looked_up_for_what_was_filled(
 ) -> None:
     emulator.set_positions({"BTCUSDT": 0.5})
     emulator.set_faults(Faults(fill_ratio=0.5))
-    post_order = exchange._client.fapiPrivatePostOrder
+    post_order = exchange._post_order  # by either door
 
     async def ack_only(params: dict[str, str]) -> Any:  # an exchange that answers before the order is worked
         return await post_order({**params, "newOrderRespType": "ACK"})
 
-    monkeypatch.setattr(exchange._client, "fapiPrivatePostOrder", ack_only)
+    monkeypatch.setattr(exchange, "_post_order", ack_only)
     lookups_before = _count("order_query")
     ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.2, "qh-ack-0")
     assert (ack.status, ack.filled_qty, ack.orig_qty) == ("EXPIRED", 0.1, 0.2)

@@ -35,7 +35,7 @@ from quantum_apply_layer.service import ApplyLayer
 from quantum_apply_layer.stream_health import render_stream_health, stream_health
 
 POSITION_RISK = "GET /fapi/v3/positionRisk"
-ORDER = "POST /fapi/v1/order"
+ORDER = "WS order.place"  # a close goes by the websocket API while its connection is open
 CLOSE_HALF = json.dumps([{"step": "CLOSE_PARTIAL_50", "type": "market_reduce_only", "pct": 50}])
 CLOSE_THEN_STOP = json.dumps(
     [

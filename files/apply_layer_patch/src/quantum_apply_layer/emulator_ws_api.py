@@ -3,7 +3,8 @@
   GET /ws-fapi/v1   a websocket (weight 5 to connect); each text frame one request
                     {"id": ..., "method": "order.place", "params": {..., "apiKey", "timestamp", "signature"}}
                     answered {"id", "status": 200, "result": <the order>, "rateLimits": [...]} or
-                    {"id", "status": <HTTP status>, "error": {"code", "msg"}, "rateLimits": [...]}
+                    {"id", "status": <HTTP status>, "error": {"code", "msg"}, "rateLimits": [...]}; a
+                    429 or 418's error also has "data": {"serverTime", "retryAfter"} (ms)
 
 `order.place` is POST /fapi/v1/order by another door: the same key, timestamp and signature checks
 (the signature is over the params but `signature`, sorted by name, as `name=value` joined by `&`), the
@@ -85,11 +86,15 @@ class WebSocketApi:
         if cost is None:
             return OrderAnswer(_UNSUPPORTED.http_status, _UNSUPPORTED.body()), []
         settings = self._state.limit_settings()
-        admission = self._state.limits.admit(cost.weight, cost.orders, self._state.server_time_ms(), settings)
+        now_ms = self._state.server_time_ms()
+        admission = self._state.limits.admit(cost.weight, cost.orders, now_ms, settings)
         limits = _rate_limits(admission, settings)
         if admission.refusal is not None:
             refusal = admission.refusal
-            return OrderAnswer(refusal.http_status, {"code": refusal.code, "msg": refusal.msg}), limits
+            error: dict[str, Any] = {"code": refusal.code, "msg": refusal.msg}
+            if admission.retry_after_s is not None:  # Binance: when a request may be sent again, in ms
+                error["data"] = {"serverTime": now_ms, "retryAfter": now_ms + admission.retry_after_s * 1000}
+            return OrderAnswer(refusal.http_status, error), limits
         try:
             order_params = self._authenticated(params)
         except BinanceError as error:

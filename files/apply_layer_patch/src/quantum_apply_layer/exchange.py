@@ -1,14 +1,18 @@
-"""The exchange adapter: Binance USD-M Futures through ccxt's `binanceusdm` (ccxt signs every request).
+"""The exchange adapter: Binance USD-M Futures through ccxt's `binanceusdm` (ccxt signs every request but
+a close sent on the websocket API).
 
 - Sends are never retried: a retried POST can open a second order. After a send fails with an unknown
   outcome (`ExchangeError.outcome_unknown`), the caller looks the order up before trying again.
 - Lookups (ping, positions, orders) retry network failures and timeouts a few times with a short backoff.
 - Reduce-only closes go to /fapi/v1/order and ask for the order's final state (`newOrderRespType=RESULT`;
-  an answer that is only `NEW` is looked up once). Protective stops are
-  conditional orders on the algo order API (/fapi/v1/algoOrder, `clientAlgoId`), routed there by ccxt.
+  an answer that is only `NEW` is looked up once): by the websocket API's `order.place` on a held
+  connection while it is open (`order_socket.py`, less Python per close), else by REST. Protective
+  stops are conditional orders on the algo order API (/fapi/v1/algoOrder, `clientAlgoId`), routed
+  there by ccxt.
 - Every request first passes the limits (`exchange_limits`): weight and order counts shared in Redis by
-  every process on the account, fed by the `X-MBX-*` headers; after a 429 or a 418 nothing is sent until
-  `Retry-After` has passed. ccxt's own throttle stays off: the shared limiter is the one that counts.
+  every process on the account, fed by the `X-MBX-*` headers (or the websocket API's `rateLimits`);
+  after a 429 or a 418 nothing is sent until `Retry-After` has passed. ccxt's own throttle stays off:
+  the shared limiter is the one that counts.
 - The clock follows the exchange's (ccxt's `adjustForTimeDifference`, measured again every minute, before
   a lookup: the reconciliation reads positions every few seconds, and an order never waits a round trip
   for the clock) and every signed request carries an explicit `recvWindow`; a `-1021` measures it again
@@ -16,8 +20,11 @@
 - At start the account must be in one-way position mode: hedge mode is refused (`PositionModeRefused`).
 """
 
+import asyncio
 import contextlib
 import hashlib
+import json
+import logging
 import math
 import re
 import time
@@ -41,7 +48,10 @@ from quantum_apply_layer.exchange_limits import (
     share,
 )
 from quantum_apply_layer.market_filters import MarketFilters
+from quantum_apply_layer.order_socket import OrderSocket, OrderSocketLost
 from quantum_apply_layer.order_writes import trace_writes
+
+log = logging.getLogger(__name__)
 
 ErrorKind = Literal["network", "timeout", "rejected", "auth", "rate_limit", "other"]
 
@@ -203,6 +213,32 @@ class _BinanceUsdm(ccxt_async.binanceusdm):  # type: ignore[misc]
         )
 
 
+# The websocket API's `rateLimits` entries, by the REST header that carries the same count.
+_RATE_LIMIT_HEADERS: dict[tuple[object, object, object], str] = {
+    ("REQUEST_WEIGHT", "MINUTE", 1): "x-mbx-used-weight-1m",
+    ("ORDERS", "SECOND", 10): "x-mbx-order-count-10s",
+    ("ORDERS", "MINUTE", 1): "x-mbx-order-count-1m",
+}
+
+
+def _limit_headers(rate_limits: object) -> dict[str, str]:
+    """A websocket API answer's `rateLimits`, as the `X-MBX-*` headers a REST answer would carry."""
+    headers: dict[str, str] = {}
+    for entry in rate_limits if isinstance(rate_limits, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        name = _RATE_LIMIT_HEADERS.get(
+            (entry.get("rateLimitType"), entry.get("interval"), entry.get("intervalNum"))
+        )
+        if name is not None and isinstance(entry.get("count"), int):
+            headers[name] = str(entry["count"])
+    return headers
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _int_header(headers: dict[str, str], name: str) -> int | None:
     try:
         return int(headers[name])
@@ -245,7 +281,10 @@ class Exchange:
         timeout_s: float,
         limiter: SharedLimiter | None = None,
         recv_window_ms: int = 5000,
+        order_socket_url: str | None = None,
     ) -> None:
+        """`order_socket_url`: the websocket API (`order_socket.order_socket_url`) to send closes by;
+        None sends every order by REST."""
         root = base_url.rstrip("/")
         self._client = _BinanceUsdm(
             {
@@ -263,6 +302,18 @@ class Exchange:
             }
         )
         self._limiter = limiter
+        self._timeout_s = timeout_s
+        self._recv_window_ms = recv_window_ms
+        self._orders: OrderSocket | None = None
+        if order_socket_url is not None:
+            self._orders = OrderSocket(
+                order_socket_url,
+                api_key,
+                api_secret,
+                self._client.nonce,  # the exchange's clock, as ccxt measured it
+                partial(self._pass_limits, "order_socket", False, False),
+            )
+        self._orders_task: asyncio.Task[None] | None = None
         self._routine_budget = share(BINANCE_LIMITS, ROUTINE_SHARE)
         self._emergency_budget = share(BINANCE_LIMITS, EMERGENCY_SHARE)
         self._unified_symbols: dict[str, str] = {}
@@ -297,12 +348,21 @@ class Exchange:
                 "positions in one-way mode only. Switch the account to one-way mode (Binance: Preferences "
                 "> Position Mode > One-way, possible only with no open position or order), then start again."
             )
+        if self._orders is not None and self._orders_task is None:
+            self._orders_task = asyncio.create_task(self._orders.run(), name="order-socket")
+            if not await self._orders.wait_connected(self._timeout_s):
+                log.warning("websocket API not open yet: closes go by REST until it is")
 
     def budget(self, emergency: bool) -> Budget:
         """The share of the account's limits a request may use: routine, or an emergency close's."""
         return self._emergency_budget if emergency else self._routine_budget
 
     async def close(self) -> None:
+        if self._orders_task is not None:
+            self._orders_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._orders_task
+            self._orders_task = None
         await self._client.close()
         # The gauge reads this adapter's ban; a closed adapter reports none.
         metrics.apply_exchange_ban_remaining_seconds.set_function(lambda: 0.0)
@@ -403,10 +463,7 @@ class Exchange:
         }
         metrics.apply_orders_sent_total.labels(type="MARKET").inc()
         order: dict[str, Any] = await self._request(
-            "order_new",
-            partial(self._client.fapiPrivatePostOrder, params),
-            emergency=emergency,
-            counted=counted,
+            "order_new", partial(self._post_order, params), emergency=emergency, counted=counted
         )
         ack = _ack(order)
         if ack.status == "NEW":
@@ -490,6 +547,49 @@ class Exchange:
                 raise
 
     # --- internals ---------------------------------------------------------------------------------
+
+    async def _post_order(self, params: dict[str, str]) -> dict[str, Any]:
+        """POST /fapi/v1/order's params by the websocket API while its connection is open, else by REST.
+        A websocket answer goes through ccxt's own handling of a REST answer (its status, the `X-MBX-*`
+        headers its `rateLimits` stand for, its body), so that both doors are judged alike."""
+        socket = self._orders
+        if socket is None or not socket.connected:
+            return await self._client.fapiPrivatePostOrder(params)  # type: ignore[no-any-return]
+        try:
+            answer = await socket.place({**params, "recvWindow": str(self._recv_window_ms)}, self._timeout_s)
+        except OrderSocketLost as lost:
+            if not lost.sent:
+                return await self._client.fapiPrivatePostOrder(params)  # type: ignore[no-any-return]
+            unknown = f"{self._client.id} {lost}: the order's outcome is unknown"
+            raise ccxt_errors.NetworkError(unknown) from lost
+        except TimeoutError as late:
+            raise ccxt_errors.RequestTimeout(
+                f"{self._client.id} no answer on the websocket API within {self._timeout_s}s"
+            ) from late
+        status = answer.get("status")
+        result = answer.get("result")
+        if status == 200 and isinstance(result, dict):
+            self._client.limit_headers = _limit_headers(answer.get("rateLimits"))
+            return result
+        error = _dict(answer.get("error"))
+        status = status if isinstance(status, int) else 500
+        headers = _limit_headers(answer.get("rateLimits"))
+        if status in (429, _IP_BANNED):
+            headers["retry-after"] = str(math.ceil(self._retry_after_s(error)))
+        body = json.dumps(error)
+        url = f"{self._client.urls['api']['fapiPrivate']}/order"
+        self._client.handle_errors(status, "", url, "POST", headers, body, error, None, None)
+        self._client.handle_http_status_code(status, "", url, "POST", body)
+        raise ccxt_errors.ExchangeError(f"{self._client.id} websocket API answered {status} {body}")
+
+    def _retry_after_s(self, error: dict[str, Any]) -> float:
+        """The websocket API's `retryAfter` (a time in ms) as seconds from now; 60 when it gave none."""
+        data = _dict(error.get("data"))
+        retry_at = data.get("retryAfter")
+        if not isinstance(retry_at, int):
+            return 60.0
+        now = data.get("serverTime")
+        return max(1.0, (retry_at - (now if isinstance(now, int) else self._client.nonce())) / 1000)
 
     def _unified(self, symbol: str) -> str:
         if not self._unified_symbols:

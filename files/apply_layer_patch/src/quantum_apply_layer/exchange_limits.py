@@ -48,6 +48,7 @@ ENDPOINT_COSTS: dict[str, Cost] = {
     "algo_cancel": Cost(1),  # DELETE /fapi/v1/algoOrder
     "algo_open": Cost(1),  # GET /fapi/v1/openAlgoOrders with a symbol
     "listen_key": Cost(1),  # POST /fapi/v1/listenKey (open), PUT (keep alive): the user data stream
+    "order_socket": Cost(5),  # connecting to the websocket API (its order.place: orders, as order_new)
 }
 
 

@@ -95,6 +95,11 @@ apply_exchange_up = Gauge(
     "1 when the last exchange request got an answer, 0 after a network failure.",
     registry=REGISTRY,
 )
+apply_exchange_order_socket_up = Gauge(
+    "apply_exchange_order_socket_up",
+    "1 while the websocket API connection for orders is open; 0 while orders go by REST (slower).",
+    registry=REGISTRY,
+)
 apply_exchange_errors_total = Counter(
     "apply_exchange_errors",
     "Exchange requests that failed, by kind: network, timeout, rejected, auth, rate_limit, other.",

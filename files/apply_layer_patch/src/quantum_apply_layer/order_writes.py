@@ -1,5 +1,8 @@
 """When a request's bytes were written to the exchange's connection: where "what the gate adds" ends.
 
+An order sent on the websocket API (`order_socket.py`) is stamped by the door itself, after its frame's
+write. One sent by REST is stamped as follows.
+
 ccxt makes its requests with aiohttp. aiohttp calls a trace hook as it writes a request's body, a few
 microseconds before the socket's write, in its writing task, which inherits the caller's context: so a
 context variable set by a plan's task is seen there, and each plan gets its own stamp, however many run
@@ -43,12 +46,17 @@ def watching_writes(stamp: WriteStamp) -> Iterator[WriteStamp]:
         _WATCHING.reset(token)
 
 
-async def _body_written(
-    _session: aiohttp.ClientSession, _context: SimpleNamespace, _params: aiohttp.TraceRequestChunkSentParams
-) -> None:
+def stamp_write() -> None:
+    """The watched task wrote an order now: the websocket door calls it after its frame's write."""
     stamp = _WATCHING.get()
     if stamp is not None and stamp.first_at is None:
         stamp.first_at = time.perf_counter()
+
+
+async def _body_written(
+    _session: aiohttp.ClientSession, _context: SimpleNamespace, _params: aiohttp.TraceRequestChunkSentParams
+) -> None:
+    stamp_write()
 
 
 def trace_writes(client: Any) -> None:

@@ -21,6 +21,7 @@ from .exchange import Exchange, PositionModeRefused
 from .exchange_limits import SharedLimiter
 from .exits import EXIT_CONFIG, EXIT_EXCHANGE, EXIT_REDIS
 from .monitor import Monitor, Notifier
+from .order_socket import order_socket_url
 from .permits import NotificationsOff
 from .service import ApplyLayer
 
@@ -145,6 +146,7 @@ async def serve(settings: Settings, credentials: Credentials) -> None:
         settings.exchange_timeout_s,
         limiter=SharedLimiter(redis),  # the account's limits, counted for every process sharing Redis
         recv_window_ms=settings.exchange_recv_window_ms,
+        order_socket_url=order_socket_url(settings.exchange_url),  # closes by the websocket API
     )
     service = ApplyLayer(settings, redis, exchange)
     notify = Notifier()

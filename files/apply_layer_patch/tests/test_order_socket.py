@@ -1,0 +1,152 @@
+"""Closes by the websocket API (`order_socket.py`): the door, its answers judged as REST's are, and REST
+whenever its connection is not open. Against the emulator's `/ws-fapi/v1`, which Binance's own SDK
+checks in test_emulator_ws_api.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
+from test_exchange import sample
+from test_position_stream import requests, until
+
+from quantum_apply_layer import metrics
+from quantum_apply_layer import order_socket as order_socket_module
+from quantum_apply_layer.emulator import ExchangeEmulator
+from quantum_apply_layer.emulator_state import Faults
+from quantum_apply_layer.exchange import Exchange, ExchangeError
+from quantum_apply_layer.order_socket import order_socket_url
+from quantum_apply_layer.order_writes import WriteStamp, watching_writes
+
+WS_ORDER = "WS order.place"
+REST_ORDER = "POST /fapi/v1/order"
+CONNECT = "GET /ws-fapi/v1"
+
+
+@pytest.fixture
+async def quick(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
+    """An adapter with the websocket door that gives up on an answer after 0.3 s."""
+    adapter = Exchange(
+        emulator.base_url,
+        EMULATOR_API_KEY,
+        EMULATOR_API_SECRET,
+        0.3,
+        order_socket_url=order_socket_url(emulator.base_url),
+    )
+    await adapter.open()
+    yield adapter
+    await adapter.close()
+
+
+def test_the_door_of_binance_and_of_the_emulator() -> None:
+    assert order_socket_url("https://fapi.binance.com") == "wss://ws-fapi.binance.com/ws-fapi/v1"
+    assert order_socket_url("https://testnet.binancefuture.com") == (
+        "wss://testnet.binancefuture.com/ws-fapi/v1"
+    )
+    assert order_socket_url("http://127.0.0.1:8090") == "ws://127.0.0.1:8090/ws-fapi/v1"
+
+
+async def test_a_close_goes_by_the_websocket_api_stamped_at_its_write_its_counts_kept(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    assert sample("apply_exchange_order_socket_up") == 1
+    metrics.apply_exchange_order_count.labels("10s").set(0)
+    before = await requests(emulator)
+    with watching_writes(WriteStamp()) as stamp:
+        ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.2, "qh-ws-0")
+    assert (ack.status, ack.filled_qty) == ("FILLED", 0.2)
+    assert await requests(emulator) - before == Counter({WS_ORDER: 1})
+    assert stamp.first_at is not None
+    # The answer's rateLimits stand for the X-MBX-* headers: the order counts come from it.
+    assert sample("apply_exchange_order_count", interval="10s") == 1
+    assert [order.client_order_id for order in emulator.orders()] == ["qh-ws-0"]
+
+
+async def test_a_refusal_on_the_websocket_is_named_as_by_rest(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.0})  # nothing to reduce: Binance refuses a reduce-only order
+    with pytest.raises(ExchangeError) as refused:
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.2, "qh-ws-refused")
+    assert (refused.value.kind, refused.value.code) == ("rejected", -2022)
+    assert not refused.value.outcome_unknown
+
+
+async def test_a_429_on_the_websocket_keeps_everything_home_until_its_retry_after(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(orders_per_10s=1))
+    await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-limit-0")
+    throttled = sample("apply_exchange_throttled_total", status="429")
+    with pytest.raises(ExchangeError) as over:
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-limit-1")
+    assert (over.value.kind, over.value.code) == ("rate_limit", -1015)
+    assert sample("apply_exchange_throttled_total", status="429") == throttled + 1
+    before = await requests(emulator)
+    with pytest.raises(ExchangeError, match="Retry-After"):  # the answer's retryAfter, kept: no ban earned
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-limit-2")
+    assert await requests(emulator) - before == Counter()
+
+
+async def test_a_connection_lost_with_the_order_in_flight_is_an_unknown_outcome_then_rest_carries_orders(
+    emulator: ExchangeEmulator, exchange: Exchange
+) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(drop_next=1))  # the emulator closes the connection, unanswered
+    with pytest.raises(ExchangeError) as lost:
+        await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-drop-0")
+    assert lost.value.outcome_unknown  # the caller looks it up before it sends again
+    await until(lambda: sample("apply_exchange_order_socket_up") == 0, timeout_s=5)
+    before = await requests(emulator)
+    ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-drop-1")
+    assert ack.status == "FILLED"
+    assert (await requests(emulator) - before)[REST_ORDER] == 1  # not open: REST, never both doors
+    await until(lambda: sample("apply_exchange_order_socket_up") == 1, timeout_s=5)
+    before = await requests(emulator)
+    await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-drop-2")
+    assert await requests(emulator) - before == Counter({WS_ORDER: 1})  # open again: the websocket
+
+
+async def test_no_answer_in_time_is_an_unknown_outcome(emulator: ExchangeEmulator, quick: Exchange) -> None:
+    emulator.set_positions({"BTCUSDT": 0.5})
+    emulator.set_faults(Faults(latency_ms=600))  # the order is taken, its answer comes after 0.3 s
+    with pytest.raises(ExchangeError) as late:
+        await quick.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-late-0")
+    assert late.value.kind == "timeout"
+    assert late.value.outcome_unknown
+    found = await quick.find_order("BTCUSDT", "qh-ws-late-0")
+    assert found is not None
+    assert found.status == "FILLED"
+
+
+async def test_a_connection_is_replaced_before_binance_closes_it_at_24_hours(
+    emulator: ExchangeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(order_socket_module, "MAX_AGE_S", 0.5)
+    emulator.set_positions({"BTCUSDT": 0.5})
+    before = await requests(emulator)
+    adapter = Exchange(
+        emulator.base_url,
+        EMULATOR_API_KEY,
+        EMULATOR_API_SECRET,
+        2.0,
+        order_socket_url=order_socket_url(emulator.base_url),
+    )
+    try:
+        await adapter.open()
+        connects = 0
+        for _ in range(40):  # each connection retires after 0.5 s and the next one is opened
+            await asyncio.sleep(0.1)
+            connects = (await requests(emulator) - before)[CONNECT]
+            if connects >= 3:
+                break
+        assert connects >= 3
+        ack = await adapter.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-aged-0")
+    finally:
+        await adapter.close()
+    assert ack.status == "FILLED"
