@@ -16,6 +16,8 @@ apply_user_stream_last_reconcile_timestamp_seconds 1.0e+09
 apply_position_lookups_total{reason="awaiting_fill"} 3.0
 # TYPE apply_stream_position_mismatch counter
 apply_stream_position_mismatch_total{symbol="BTCUSDT"} 1.0
+# TYPE apply_exchange_order_socket_up gauge
+apply_exchange_order_socket_up 0.0
 """
 
 
@@ -27,6 +29,8 @@ def test_the_health_says_connected_how_old_the_check_is_and_what_it_counted() ->
     assert health["position_lookups"] == {"awaiting_fill": 3}
     assert health["position_mismatches"] == {"BTCUSDT": 1}
     assert render_stream_health(health).startswith("user data stream: connected, positions last confirmed")
+    assert health["order_socket"] is False
+    assert render_stream_health(health).endswith("\ncloses go by: REST: the websocket API is not open")
 
 
 def test_status_says_when_the_service_is_not_there_to_report_its_stream(redis_server: RedisServer) -> None:

@@ -1,5 +1,6 @@
-"""The user data stream's health as `quantum-apply-layer status` shows it, read from the running service's
-own metrics endpoint: the stream lives in the service's memory, and its metrics already say all of it."""
+"""The user data stream's health, and the closes' door, as `quantum-apply-layer status` shows them, read
+from the running service's own metrics endpoint: both live in the service's memory, and its metrics
+already say all of it."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def stream_health(exposition: str) -> dict[str, object]:
     """From Prometheus's text format: connected or not, how old the last reconciliation is, and the
     lookups and mismatches counted since the service started."""
     up: bool | None = None
+    order_socket: bool | None = None
     reconciled_at: float | None = None
     lookups: dict[str, int] = {}
     mismatches: dict[str, int] = {}
@@ -55,6 +57,8 @@ def stream_health(exposition: str) -> dict[str, object]:
         for sample in family.samples:
             if sample.name == "apply_user_stream_up":
                 up = sample.value == 1
+            elif sample.name == "apply_exchange_order_socket_up":
+                order_socket = sample.value == 1
             elif sample.name == "apply_user_stream_last_reconcile_timestamp_seconds" and sample.value > 0:
                 reconciled_at = sample.value
             elif sample.name == "apply_position_lookups_total":
@@ -67,6 +71,7 @@ def stream_health(exposition: str) -> dict[str, object]:
         "last_reconcile_age_s": None if reconciled_at is None else round(time.time() - reconciled_at, 1),
         "position_lookups": lookups,
         "position_mismatches": mismatches,
+        "order_socket": order_socket,
     }
 
 
@@ -77,8 +82,17 @@ def render_stream_health(health: dict[str, object]) -> str:
     state = "connected" if connected is True else "DOWN" if connected is False else "not reported"
     age = health.get("last_reconcile_age_s")
     checked = "never" if age is None else f"{age}s ago"
+    socket = health.get("order_socket")
+    door = (
+        "the websocket API (order.place)"
+        if socket is True
+        else "REST: the websocket API is not open"
+        if socket is False
+        else "not reported"
+    )
     return (
         f"user data stream: {state}, positions last confirmed by positionRisk {checked}; "
         f"REST lookups before a claim {health.get('position_lookups') or {}}; "
-        f"mismatches {health.get('position_mismatches') or {}}"
+        f"mismatches {health.get('position_mismatches') or {}}\n"
+        f"closes go by: {door}"
     )
