@@ -62,6 +62,10 @@ async def requests(emulator: ExchangeEmulator) -> Counter[str]:
     return Counter({str(name): int(count) for name, count in counts.items()})
 
 
+def without_stream_retries(spent: Counter[str]) -> Counter[str]:
+    return Counter({name: n for name, n in spent.items() if "/listenKey" not in name and " /ws/" not in name})
+
+
 async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -261,7 +265,9 @@ async def test_a_dropped_stream_falls_back_to_a_lookup_before_the_claim(
         spent = await requests(emulator) - before
     assert result["status"] == "executed", result
     assert quantity_of(emulator, "qh-after-drop-0") == 0.15  # half of what the exchange holds, not of 0.8
-    assert spent == Counter({POSITION_RISK: 1, ORDER: 1})
+    # The plan's requests; the stream's own tries to come back (a listen key, a refused websocket) run
+    # beside it on their backoff, and on a slow machine one may fall inside the plan.
+    assert without_stream_retries(spent) == Counter({POSITION_RISK: 1, ORDER: 1})
     assert lookups("stream_down") == looked_up + 1
     assert "user data stream: DOWN" in render_stream_health(health())
 
