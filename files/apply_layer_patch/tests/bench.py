@@ -67,7 +67,7 @@ from test_faults import SYMBOLS, load_plans
 
 from quantum_apply_layer import keys
 from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS
-from quantum_apply_layer.emulator_ws_api import PATH as WS_API_PATH
+from quantum_apply_layer.websocket_hosts import WS_API_PATH
 
 DISTANCES_MS = (0, 10, 50)  # one-way delay to the exchange
 HALT_TRIALS = 5  # per distance

@@ -14,8 +14,8 @@ from quantum_apply_layer.config import Settings, load_settings
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange import Exchange
 from quantum_apply_layer.exchange_limits import SharedLimiter
-from quantum_apply_layer.order_socket import order_socket_url
 from quantum_apply_layer.service import ApplyLayer
+from quantum_apply_layer.websocket_hosts import order_socket_url
 
 pytest_plugins = ["emulator_fixture"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange import Exchange
-from quantum_apply_layer.order_socket import order_socket_url
+from quantum_apply_layer.websocket_hosts import order_socket_url
 
 EMULATOR_API_KEY = "emulator-test-key"
 EMULATOR_API_SECRET = "emulator-test-secret"

@@ -11,7 +11,7 @@ from emulator_fixture import EMULATOR_API_KEY
 
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.exchange import Exchange, ExchangeError
-from quantum_apply_layer.user_stream import user_stream_url
+from quantum_apply_layer.websocket_hosts import user_stream_url
 
 
 async def next_event(socket: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:

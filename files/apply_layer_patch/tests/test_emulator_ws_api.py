@@ -23,8 +23,8 @@ from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
 
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.emulator_state import Faults
-from quantum_apply_layer.emulator_ws_api import PATH
 from quantum_apply_layer.exchange import Exchange
+from quantum_apply_layer.websocket_hosts import WS_API_PATH as PATH
 
 
 def ws_url(emulator: ExchangeEmulator) -> str:

@@ -18,8 +18,8 @@ from quantum_apply_layer import order_socket as order_socket_module
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.emulator_state import Faults
 from quantum_apply_layer.exchange import Exchange, ExchangeError
-from quantum_apply_layer.order_socket import order_socket_url
 from quantum_apply_layer.order_writes import WriteStamp, watching_writes
+from quantum_apply_layer.websocket_hosts import order_socket_url
 
 WS_ORDER = "WS order.place"
 REST_ORDER = "POST /fapi/v1/order"

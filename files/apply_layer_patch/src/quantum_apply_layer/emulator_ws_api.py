@@ -29,8 +29,8 @@ from quantum_apply_layer.emulator_limits import ENDPOINT_COSTS, Admission, Limit
 from quantum_apply_layer.emulator_orders import OrderAnswer, take_order
 from quantum_apply_layer.emulator_requests import RequestCounter
 from quantum_apply_layer.emulator_state import BinanceError, ExchangeState
+from quantum_apply_layer.websocket_hosts import WS_API_PATH
 
-PATH = "/ws-fapi/v1"
 _MALFORMED = BinanceError(
     400, -1102, "Mandatory parameter 'id', 'method' or 'params' was not sent or malformed."
 )
@@ -130,4 +130,4 @@ class WebSocketApi:
         return socket
 
     def register(self, app: web.Application) -> None:
-        app.add_routes([web.get(PATH, self._serve)])
+        app.add_routes([web.get(WS_API_PATH, self._serve)])

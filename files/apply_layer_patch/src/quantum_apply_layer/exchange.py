@@ -283,7 +283,7 @@ class Exchange:
         recv_window_ms: int = 5000,
         order_socket_url: str | None = None,
     ) -> None:
-        """`order_socket_url`: the websocket API (`order_socket.order_socket_url`) to send closes by;
+        """`order_socket_url`: the websocket API (`websocket_hosts.order_socket_url`) to send closes by;
         None sends every order by REST."""
         root = base_url.rstrip("/")
         self._client = _BinanceUsdm(

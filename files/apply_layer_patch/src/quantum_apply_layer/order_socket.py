@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -34,25 +34,11 @@ from . import metrics
 from .order_writes import stamp_write
 
 log = logging.getLogger(__name__)
-PATH = "/ws-fapi/v1"
 HEARTBEAT_S = 10.0
 MAX_AGE_S = 23 * 3600.0  # Binance closes a connection at 24 hours; the next one is opened before that
 DRAIN_S = 10.0  # how long a retired connection may still be read for answers in flight
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
-_HOSTS = {
-    "fapi.binance.com": "wss://ws-fapi.binance.com",
-    "testnet.binancefuture.com": "wss://testnet.binancefuture.com",
-}
-
-
-def order_socket_url(exchange_url: str) -> str:
-    """The websocket API for an exchange base URL: Binance's host, else the same host as ws(s)."""
-    parts = urlsplit(exchange_url)
-    base = _HOSTS.get(parts.hostname or "")
-    if base is None:
-        base = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}"
-    return base + PATH
 
 
 class OrderSocketLost(Exception):

@@ -21,9 +21,9 @@ from .exchange import Exchange, PositionModeRefused
 from .exchange_limits import SharedLimiter
 from .exits import EXIT_CONFIG, EXIT_EXCHANGE, EXIT_REDIS
 from .monitor import Monitor, Notifier
-from .order_socket import order_socket_url
 from .permits import NotificationsOff
 from .service import ApplyLayer
+from .websocket_hosts import order_socket_url
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from .plan import SYMBOL_PATTERN, PlanError
 from .position_book import PositionBook
 from .redis_guard import RedisUnavailable, redis_failed
 from .scripts import Scripts, register_scripts
-from .user_stream import UserStream, user_stream_url
+from .user_stream import UserStream
+from .websocket_hosts import user_stream_url
 
 log = logging.getLogger(__name__)
 READ_BATCH = 64

@@ -18,7 +18,6 @@ import json
 import logging
 from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -29,21 +28,6 @@ log = logging.getLogger(__name__)
 KEEPALIVE_S = 30 * 60.0
 HEARTBEAT_S = 10.0  # websocket pings: a connection dead without a FIN is found within two of them
 MAX_BACKOFF_S = 5.0
-# Binance's stream hosts for its REST hosts; anything else (the loopback emulator) serves both itself.
-_STREAM_HOSTS = {
-    "fapi.binance.com": "wss://fstream.binance.com",
-    "testnet.binancefuture.com": "wss://fstream.binancefuture.com",
-}
-
-
-def user_stream_url(exchange_url: str) -> str:
-    """The websocket base for an exchange base URL: Binance's stream host, else the same host as ws(s)."""
-    parts = urlsplit(exchange_url)
-    known = _STREAM_HOSTS.get(parts.hostname or "")
-    if known is not None:
-        return known
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}"
 
 
 class UserStream:
