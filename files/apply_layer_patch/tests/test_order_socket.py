@@ -5,10 +5,12 @@ checks in test_emulator_ws_api.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from aiohttp import web
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
 from test_exchange import sample
 from test_position_stream import requests, until
@@ -18,8 +20,9 @@ from quantum_apply_layer import order_socket as order_socket_module
 from quantum_apply_layer.emulator import ExchangeEmulator
 from quantum_apply_layer.emulator_state import Faults
 from quantum_apply_layer.exchange import Exchange, ExchangeError
+from quantum_apply_layer.order_socket import OrderSocket
 from quantum_apply_layer.order_writes import WriteStamp, watching_writes
-from quantum_apply_layer.websocket_hosts import order_socket_url
+from quantum_apply_layer.websocket_hosts import WS_API_PATH, order_socket_url
 
 WS_ORDER = "WS order.place"
 REST_ORDER = "POST /fapi/v1/order"
@@ -47,6 +50,13 @@ def test_the_door_of_binance_and_of_the_emulator() -> None:
         "wss://testnet.binancefuture.com/ws-fapi/v1"
     )
     assert order_socket_url("http://127.0.0.1:8090") == "ws://127.0.0.1:8090/ws-fapi/v1"
+
+
+def test_a_pem_key_sends_by_rest_the_door_signs_with_hmac_only() -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----"
+    url = "http://127.0.0.1:1"
+    assert Exchange(url, "key", pem, 1.0, order_socket_url=order_socket_url(url))._orders is None
+    assert Exchange(url, "key", "hmac", 1.0, order_socket_url=order_socket_url(url))._orders is not None
 
 
 async def test_a_close_goes_by_the_websocket_api_stamped_at_its_write_its_counts_kept(
@@ -94,8 +104,9 @@ async def test_a_429_on_the_websocket_keeps_everything_home_until_its_retry_afte
 
 
 async def test_a_connection_lost_with_the_order_in_flight_is_an_unknown_outcome_then_rest_carries_orders(
-    emulator: ExchangeEmulator, exchange: Exchange
+    emulator: ExchangeEmulator, exchange: Exchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(order_socket_module, "MIN_BACKOFF_S", 1.0)  # closed long enough to send by REST
     emulator.set_positions({"BTCUSDT": 0.5})
     emulator.set_faults(Faults(drop_next=1))  # the emulator closes the connection, unanswered
     with pytest.raises(ExchangeError) as lost:
@@ -105,7 +116,7 @@ async def test_a_connection_lost_with_the_order_in_flight_is_an_unknown_outcome_
     before = await requests(emulator)
     ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-drop-1")
     assert ack.status == "FILLED"
-    assert (await requests(emulator) - before)[REST_ORDER] == 1  # not open: REST, never both doors
+    assert await requests(emulator) - before == Counter({REST_ORDER: 1})  # not open: REST, never both
     await until(lambda: sample("apply_exchange_order_socket_up") == 1, timeout_s=5)
     before = await requests(emulator)
     await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.1, "qh-ws-drop-2")
@@ -150,3 +161,70 @@ async def test_a_connection_is_replaced_before_binance_closes_it_at_24_hours(
     finally:
         await adapter.close()
     assert ack.status == "FILLED"
+
+
+@contextlib.asynccontextmanager
+async def websocket_api(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A server whose /ws-fapi/v1 is `handler`; yields the websocket API's URL."""
+    app = web.Application()
+    app.add_routes([web.get(WS_API_PATH, handler)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"ws://127.0.0.1:{port}{WS_API_PATH}"
+    finally:
+        await runner.cleanup()
+
+
+def order_socket(url: str, refusals: list[tuple[int, float]]) -> OrderSocket:
+    async def nothing_to_pass() -> None:
+        return None
+
+    async def refused(status: int, retry_after_s: float) -> None:
+        refusals.append((status, retry_after_s))
+
+    return OrderSocket(url, "key", "secret", lambda: 0, nothing_to_pass, refused)
+
+
+async def test_a_429_at_the_handshake_is_a_refusal_with_its_retry_after() -> None:
+    async def over_the_limit(_: web.Request) -> web.StreamResponse:
+        return web.Response(status=429, headers={"Retry-After": "30"})
+
+    refusals: list[tuple[int, float]] = []
+    async with websocket_api(over_the_limit) as url:
+        task = asyncio.create_task(order_socket(url, refusals).run())
+        try:
+            async with asyncio.timeout(5):
+                while not refusals:
+                    await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert refusals[0] == (429, 30.0)  # the adapter then blocks every process (Exchange._throttled)
+
+
+async def test_a_server_that_accepts_and_drops_at_once_is_not_hammered() -> None:
+    accepted = 0
+
+    async def accept_and_drop(request: web.Request) -> web.StreamResponse:
+        nonlocal accepted
+        accepted += 1
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.close()
+        return socket
+
+    async with websocket_api(accept_and_drop) as url:
+        task = asyncio.create_task(order_socket(url, []).run())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # Backing off 0.1, 0.2, 0.4 s: four connections at most in a second, not one every 0.1 s (weight 5 each).
+    assert 1 <= accepted <= 4

@@ -283,8 +283,8 @@ class Exchange:
         recv_window_ms: int = 5000,
         order_socket_url: str | None = None,
     ) -> None:
-        """`order_socket_url`: the websocket API (`websocket_hosts.order_socket_url`) to send closes by;
-        None sends every order by REST."""
+        """`order_socket_url`: the websocket API (`websocket_hosts.order_socket_url`) to send closes by
+        with an HMAC key; None, or a PEM key, sends every order by REST."""
         root = base_url.rstrip("/")
         self._client = _BinanceUsdm(
             {
@@ -305,13 +305,15 @@ class Exchange:
         self._timeout_s = timeout_s
         self._recv_window_ms = recv_window_ms
         self._orders: OrderSocket | None = None
-        if order_socket_url is not None:
+        # The door signs with HMAC; an Ed25519 or RSA key (a PEM secret, which ccxt signs with) sends by REST.
+        if order_socket_url is not None and "PRIVATE KEY" not in api_secret:
             self._orders = OrderSocket(
                 order_socket_url,
                 api_key,
                 api_secret,
                 self._client.nonce,  # the exchange's clock, as ccxt measured it
                 partial(self._pass_limits, "order_socket", False, False),
+                self._handshake_refused,
             )
         self._orders_task: asyncio.Task[None] | None = None
         self._routine_budget = share(BINANCE_LIMITS, ROUTINE_SHARE)
@@ -553,7 +555,7 @@ class Exchange:
         A websocket answer goes through ccxt's own handling of a REST answer (its status, the `X-MBX-*`
         headers its `rateLimits` stand for, its body), so that both doors are judged alike."""
         socket = self._orders
-        if socket is None or not socket.connected:
+        if socket is None:
             return await self._client.fapiPrivatePostOrder(params)  # type: ignore[no-any-return]
         try:
             answer = await socket.place({**params, "recvWindow": str(self._recv_window_ms)}, self._timeout_s)
@@ -581,6 +583,13 @@ class Exchange:
         self._client.handle_errors(status, "", url, "POST", headers, body, error, None, None)
         self._client.handle_http_status_code(status, "", url, "POST", body)
         raise ccxt_errors.ExchangeError(f"{self._client.id} websocket API answered {status} {body}")
+
+    async def _handshake_refused(self, http_status: int, retry_after_s: float) -> None:
+        """The websocket API refused the connection with a 429 or 418: as a REST refusal, nothing from
+        any process until its Retry-After has passed."""
+        await self._throttled(
+            _Throttled(f"{self._client.id} websocket API {http_status}", http_status, retry_after_s)
+        )
 
     def _retry_after_s(self, error: dict[str, Any]) -> float:
         """The websocket API's `retryAfter` (a time in ms) as seconds from now; 60 when it gave none."""

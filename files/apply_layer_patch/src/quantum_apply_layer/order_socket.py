@@ -24,7 +24,7 @@ import hmac
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -39,6 +39,16 @@ MAX_AGE_S = 23 * 3600.0  # Binance closes a connection at 24 hours; the next one
 DRAIN_S = 10.0  # how long a retired connection may still be read for answers in flight
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
+# A connection that closes sooner does not reset the backoff: a server that accepts and drops at once
+# would otherwise be connected to ten times a second, at weight 5 each.
+STABLE_S = 60.0
+_THROTTLED = (429, 418)
+
+
+def _retry_after_s(headers: Mapping[str, str] | None) -> float:
+    """A refusal's Retry-After in seconds; 60 when it gave none (as the REST door does)."""
+    value = (headers or {}).get("Retry-After", "")
+    return float(value) if value.isdigit() else 60.0
 
 
 class OrderSocketLost(Exception):
@@ -57,12 +67,14 @@ class OrderSocket:
         api_secret: str,
         clock_ms: Callable[[], int],
         before_connect: Callable[[], Awaitable[None]],
+        refused: Callable[[int, float], Awaitable[None]],
     ) -> None:
         self._url = url
         self._api_key = api_key
         self._secret = api_secret.encode()
         self._clock_ms = clock_ms
         self._before_connect = before_connect  # the connection's weight passes the limits, or it raises
+        self._refused = refused  # a 429 or 418 at the handshake, and its Retry-After: nothing is sent
         self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -104,27 +116,41 @@ class OrderSocket:
     async def run(self) -> None:
         """Hold a connection until cancelled: connect, read answers, and after a drop connect again."""
         delay = MIN_BACKOFF_S
+        last_failure = ""
+        loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession() as session:
             while True:
+                opened_at = None
                 try:
                     await self._before_connect()
                     async with session.ws_connect(self._url, heartbeat=HEARTBEAT_S) as socket:
+                        opened_at = loop.time()
                         self._socket = socket
                         self._opened.set()
                         metrics.apply_exchange_order_socket_up.set(1)
                         log.info("websocket API open: closes go by order.place", extra={"url": self._url})
-                        delay = MIN_BACKOFF_S
+                        last_failure = ""
                         await self._read(socket)
-                except Exception as error:  # any failure: REST carries the orders meanwhile
-                    log.warning(
-                        "websocket API unavailable: orders go by REST until it is open again",
-                        extra={"error": str(error) or type(error).__name__, "retry_in_s": delay},
-                    )
+                    failure = "the connection closed"
+                except aiohttp.WSServerHandshakeError as error:
+                    failure = f"handshake refused: {error.status} {error.message}"
+                    if error.status in _THROTTLED:
+                        await self._refused(error.status, _retry_after_s(error.headers))
+                except Exception as error:  # any failure: REST carries the closes meanwhile
+                    failure = str(error) or type(error).__name__
                 finally:
                     self._socket = None
                     self._opened.clear()
                     metrics.apply_exchange_order_socket_up.set(0)
                     self._fail_pending()
+                if opened_at is not None and loop.time() - opened_at >= STABLE_S:
+                    delay = MIN_BACKOFF_S
+                if failure != last_failure:  # once per kind of failure, not every few seconds of a ban
+                    log.warning(
+                        "websocket API not open: closes go by REST until it is",
+                        extra={"error": failure, "retry_in_s": delay},
+                    )
+                    last_failure = failure
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
@@ -134,17 +160,19 @@ class OrderSocket:
         loop = asyncio.get_running_loop()
         retire_at = loop.time() + MAX_AGE_S
         while True:
+            if self._socket is socket and loop.time() >= retire_at:
+                self._socket = None  # new closes take REST until the next connection is open
+                metrics.apply_exchange_order_socket_up.set(0)
+                retire_at = loop.time() + DRAIN_S  # from now on, the end of the drain
             retiring = self._socket is not socket
             if retiring and not self._pending:
                 return
-            wait = DRAIN_S if retiring else retire_at - loop.time()
+            # At least 1 ms: aiohttp reads a timeout of 0 as none at all.
             try:
-                message = await socket.receive(timeout=max(wait, 0.0))
+                message = await socket.receive(timeout=max(retire_at - loop.time(), 0.001))
             except TimeoutError:
                 if retiring:
                     return
-                self._socket = None  # new orders take REST until the next connection is open
-                metrics.apply_exchange_order_socket_up.set(0)
                 continue
             if message.type is aiohttp.WSMsgType.TEXT:
                 self._answer(message.data)
@@ -158,7 +186,9 @@ class OrderSocket:
         except (ValueError, AttributeError):
             log.warning("websocket API: an answer that is not a JSON object", extra={"answer": text[:200]})
             return
-        if waiting is not None and not waiting.done():
+        if waiting is None:  # its close gave up waiting (an unknown outcome, looked up) or no such id
+            log.warning("websocket API: an answer no close waits for", extra={"answer": text[:200]})
+        elif not waiting.done():
             waiting.set_result(answer)
 
     def _fail_pending(self) -> None:
