@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -56,6 +57,7 @@ def test_a_pem_key_sends_by_rest_the_door_signs_with_hmac_only() -> None:
     pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----"
     url = "http://127.0.0.1:1"
     assert Exchange(url, "key", pem, 1.0, order_socket_url=order_socket_url(url))._orders is None
+    assert math.isnan(sample("apply_exchange_order_socket_up"))  # no door, so no ApplyLayerOrderSocketDown
     assert Exchange(url, "key", "hmac", 1.0, order_socket_url=order_socket_url(url))._orders is not None
 
 

@@ -316,6 +316,8 @@ class Exchange:
                 self._handshake_refused,
             )
         self._orders_task: asyncio.Task[None] | None = None
+        if self._orders is None:  # no door to be down: nothing to alert on
+            metrics.apply_exchange_order_socket_up.set(math.nan)
         self._routine_budget = share(BINANCE_LIMITS, ROUTINE_SHARE)
         self._emergency_budget = share(BINANCE_LIMITS, EMERGENCY_SHARE)
         self._unified_symbols: dict[str, str] = {}

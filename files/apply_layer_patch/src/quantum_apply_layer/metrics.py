@@ -97,7 +97,8 @@ apply_exchange_up = Gauge(
 )
 apply_exchange_order_socket_up = Gauge(
     "apply_exchange_order_socket_up",
-    "1 while the websocket API connection for orders is open; 0 while orders go by REST (slower).",
+    "1 while the websocket API connection for orders is open; 0 while closes go by REST (slower); NaN "
+    "when closes always go by REST (an Ed25519 or RSA key).",
     registry=REGISTRY,
 )
 apply_exchange_errors_total = Counter(
