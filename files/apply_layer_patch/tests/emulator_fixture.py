@@ -29,16 +29,21 @@ def emulator(emulator_session: ExchangeEmulator) -> ExchangeEmulator:
     return emulator_session
 
 
-@pytest.fixture
-async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
-    """The adapter, opened (markets loaded, clock measured) against the session's emulator."""
-    adapter = Exchange(
+def emulator_exchange(emulator: ExchangeEmulator, timeout_s: float = 2.0) -> Exchange:
+    """The adapter against the emulator as the service makes it: closes by the websocket API."""
+    return Exchange(
         emulator.base_url,
         EMULATOR_API_KEY,
         EMULATOR_API_SECRET,
-        2.0,
-        order_socket_url=order_socket_url(emulator.base_url),  # as the service sends its closes
+        timeout_s,
+        order_socket_url=order_socket_url(emulator.base_url),
     )
+
+
+@pytest.fixture
+async def exchange(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
+    """The adapter, opened (markets loaded, clock measured) against the session's emulator."""
+    adapter = emulator_exchange(emulator)
     await adapter.open()
     yield adapter
     await adapter.close()

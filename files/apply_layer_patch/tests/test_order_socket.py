@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
+from emulator_fixture import emulator_exchange
 from test_exchange import sample
 from test_position_stream import requests, until
 
@@ -33,13 +33,7 @@ CONNECT = "GET /ws-fapi/v1"
 @pytest.fixture
 async def quick(emulator: ExchangeEmulator) -> AsyncIterator[Exchange]:
     """An adapter with the websocket door that gives up on an answer after 0.3 s."""
-    adapter = Exchange(
-        emulator.base_url,
-        EMULATOR_API_KEY,
-        EMULATOR_API_SECRET,
-        0.3,
-        order_socket_url=order_socket_url(emulator.base_url),
-    )
+    adapter = emulator_exchange(emulator, timeout_s=0.3)
     await adapter.open()
     yield adapter
     await adapter.close()
@@ -143,13 +137,7 @@ async def test_a_connection_is_replaced_before_binance_closes_it_at_24_hours(
     monkeypatch.setattr(order_socket_module, "MAX_AGE_S", 0.5)
     emulator.set_positions({"BTCUSDT": 0.5})
     before = await requests(emulator)
-    adapter = Exchange(
-        emulator.base_url,
-        EMULATOR_API_KEY,
-        EMULATOR_API_SECRET,
-        2.0,
-        order_socket_url=order_socket_url(emulator.base_url),
-    )
+    adapter = emulator_exchange(emulator)
     try:
         await adapter.open()
         connects = 0
