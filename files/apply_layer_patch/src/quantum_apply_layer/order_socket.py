@@ -7,8 +7,9 @@ already open (measured in one run, p50, 300 closes each, alternated).
 
 - One connection, opened when the adapter opens and held: aiohttp answers the server's pings and sends
   its own, so a connection dead without a FIN is found within two heartbeats. After a drop it is opened
-  again with a backoff, and it is replaced before Binance's 24-hour limit. While no connection is open,
-  `connected` is False and the adapter sends by REST: an order goes by one door, never both.
+  again with a backoff; at 23 hours, before Binance's 24-hour limit, it is drained, closed and opened
+  again. While no connection is open, `place` refuses before sending anything (`sent=False`) and the
+  adapter sends by REST: an order goes by one door, never both.
 - A request is signed as Binance documents for HMAC keys: `apiKey` and `timestamp` (the exchange's
   clock, as ccxt measures it) among the params, and the signature over all params sorted by name.
 - An answer is matched to its request by id. A connection lost, or no answer within the timeout, while an
