@@ -218,3 +218,28 @@ async def test_a_server_that_accepts_and_drops_at_once_is_not_hammered() -> None
             await task
     # Backing off 0.1, 0.2, 0.4 s: four connections at most in a second, not one every 0.1 s (weight 5 each).
     assert 1 <= accepted <= 4
+
+
+async def test_garbage_from_the_server_is_no_answer_the_close_times_out_as_an_unknown_outcome() -> None:
+    async def garbage(request: web.Request) -> web.StreamResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        async for _ in socket:  # every request answered with what a broken proxy might send
+            await socket.send_bytes(b"\xff\xfe\x00")
+            await socket.send_str("not json")
+            await socket.send_str('["a list"]')
+            await socket.send_str('{"id": "no such request", "status": 200, "result": {}}')
+        return socket
+
+    async with websocket_api(garbage) as url:
+        door = order_socket(url, [])
+        task = asyncio.create_task(door.run())
+        try:
+            assert await door.wait_connected(5)
+            with pytest.raises(TimeoutError):  # the adapter names it a timeout: looked up before any resend
+                await door.place({"symbol": "BTCUSDT"}, timeout_s=0.3)
+            assert door.connected  # nothing it sent broke the connection or the reader
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
