@@ -243,3 +243,14 @@ async def test_garbage_from_the_server_is_no_answer_the_close_times_out_as_an_un
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_closing_the_adapter_can_itself_be_cancelled(emulator: ExchangeEmulator) -> None:
+    adapter = emulator_exchange(emulator, timeout_s=1.0)
+    await adapter.open()
+    closing = asyncio.create_task(adapter.close())
+    await asyncio.sleep(0)  # close() now waits for the door's connection to close
+    closing.cancel()
+    await asyncio.wait({closing})
+    assert closing.cancelled()  # a stop that gives up on the close is not swallowed
+    assert adapter._client.session is None  # and ccxt's session is closed all the same

@@ -362,14 +362,16 @@ class Exchange:
         return self._emergency_budget if emergency else self._routine_budget
 
     async def close(self) -> None:
-        if self._orders_task is not None:
-            self._orders_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._orders_task
-            self._orders_task = None
-        await self._client.close()
-        # The gauge reads this adapter's ban; a closed adapter reports none.
-        metrics.apply_exchange_ban_remaining_seconds.set_function(lambda: 0.0)
+        try:
+            if self._orders_task is not None:
+                self._orders_task.cancel()
+                # Waits without the task's own CancelledError, so a cancellation of close() still raises.
+                await asyncio.wait({self._orders_task})
+                self._orders_task = None
+        finally:
+            await self._client.close()
+            # The gauge reads this adapter's ban; a closed adapter reports none.
+            metrics.apply_exchange_ban_remaining_seconds.set_function(lambda: 0.0)
 
     async def ping(self) -> None:
         await self._lookup("ping", self._client.fapiPublicGetPing)
