@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements-dev.txt $(PKG)/pyproject.toml
 
 ## test: every check and test; CI runs exactly this. The checks run beside the image and wheelhouse builds
 ## (the unit suite mostly waits on its servers, the linters compute): on two cores that saves minutes.
-## Each step's output is printed whole when it ends. Then the molecule scenarios, one at a time. The venv
+## Each step's output is printed whole when it ends. Then the molecule scenarios, in two lanes. The venv
 ## and Docker come first, one after the other: on a fresh machine both may install packages, and two
 ## apt-get runs at once fail on dpkg's lock.
 test:
