@@ -18,6 +18,9 @@ Linux: the emulator stamps every order it receives with it, so its stamps compar
    the CPU each process spends per plan, and how busy the whole machine was, to say what limits it.
 4. the order's door: one order at a time over kept-alive HTTP (POST /fapi/v1/order) and over a held
    websocket (the websocket API's order.place), alternated: send -> the emulator has the order, less d.
+5. the machine's floor (bench_floor.py): the gate's two Redis hops alone, a permit-like SET -> its
+   notification read by a process of its own -> one EVALSHA's answer, nothing in between. What the gate
+   adds cannot be less on this machine: read 2. against it.
 
 Each is measured with the exchange at a distance: the service reaches the emulator through a delay proxy
 (tests/delay_proxy.py, in its own process) that holds every byte `d` each way, for d = 0, 10 and 50 ms in
@@ -56,6 +59,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import aiohttp
+from bench_floor import floor_latencies
 from binance_signing import close_params, rest_order_body, ws_api_request
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
 from plans import grant_permits, permits, plan_fields, results
@@ -687,7 +691,10 @@ def print_rows(rows: list[tuple[str, ...]]) -> None:
 
 
 def print_table(
-    distances: list[AtDistance], evals: list[float], background: tuple[float, Counter[str]]
+    distances: list[AtDistance],
+    evals: list[float],
+    background: tuple[float, Counter[str]],
+    floor: list[float],
 ) -> None:
     rows = [("one-way delay d", "metric (what the gate adds: d not included)", "p50", "p99", "target", "met")]
     for at in distances:
@@ -713,6 +720,8 @@ def print_table(
         )
         rate = statistics.median(run.plans_per_s for run in at.runs)
         rows.append((d, "plans/s through all gates", f"{rate:.0f}", "-", "-", "-"))
+    floor_p50, floor_p99 = f"{statistics.median(floor):.2f}", f"{p99(floor):.2f}"
+    rows.append(("any", "the machine's floor: the two Redis hops alone (ms)", floor_p50, floor_p99, "-", "-"))
     print_rows(rows)
     print("The order's door: send -> the emulator has the order, less d, one order at a time (ms)")
     doors = [("one-way delay d", "door", "p50", "p99", "max")]
@@ -726,6 +735,15 @@ def print_table(
     print(
         f"background, whatever the plan rate: weight {per_minute:.0f} per minute of Binance's 2400 "
         f"(no plan for {BACKGROUND_WINDOW_S:g} s: {listed})"
+    )
+    print(
+        "the machine's floor (bench_floor.py): a permit-like SET -> its notification read by a process of "
+        "its own -> one EVALSHA's answer read there, nothing in between, after the same idle; what the "
+        "gate adds less it, p50: "
+        + ", ".join(
+            f"{at.delay_ms} ms {statistics.median(at.permits.departures_ms) - statistics.median(floor):.2f}"
+            for at in distances
+        )
     )
     print("p99 is the nearest rank: the largest value when there are fewer than 100.")
     print(
@@ -828,7 +846,16 @@ async def measure(directory: Path) -> None:
         distances = [await at_distance(lab, delay_ms, evals) for delay_ms in DISTANCES_MS]
         async with exchange_at(lab, 0):
             background = await timed("background requests", background_weight_per_minute, lab)
-        print_table(distances, evals, background)
+        floor = await timed(
+            "the machine's floor",
+            floor_latencies,
+            redis,
+            redis_server.url,
+            PERMIT_TRIALS,
+            PERMIT_SETTLE_S,
+            monotonic_of,
+        )
+        print_table(distances, evals, background, floor)
     finally:
         await redis.aclose()
         await emulator.stop()
