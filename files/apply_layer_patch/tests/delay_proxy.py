@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 CHUNK = 65536
+MAX_FRAME = 65536  # an order.place request is some 500 bytes
 # An order request's client id, in its form body or query string (POST /fapi/v1/order), or in the JSON
 # params of a websocket API request (order.place), once its frame is unmasked.
 _CLIENT_ORDER_ID = re.compile(rb"newClientOrderId=([.A-Za-z0-9:/_-]{1,36})")
@@ -48,29 +49,30 @@ Receive = Callable[[], Awaitable[bytes]]
 Send = Callable[[bytes], Awaitable[None]]
 
 
-def _masked_frames(chunk: bytes) -> list[bytes]:
-    """The payloads of the whole client websocket frames a chunk starts with (RFC 6455: a client masks
-    every frame with a 4-byte key); empty for a chunk that is no such frame. The websocket API's order
-    requests are small text frames, each written whole."""
+def _masked_frames(data: bytes) -> tuple[list[bytes], bytes]:
+    """The payloads of the whole client websocket frames `data` starts with (RFC 6455: a client masks every
+    frame with a 4-byte key), and the start of a frame not whole yet, to be read on with the next chunk: a
+    frame may end in a later chunk than it began. Nothing for data that is no such frame."""
     payloads: list[bytes] = []
     at = 0
-    while at + 6 <= len(chunk):
-        length = chunk[at + 1] & 0x7F
-        if not chunk[at + 1] & 0x80:
-            break  # unmasked: not a client's frame
-        head = 2
+    while at < len(data):
+        if at + 2 > len(data):
+            return payloads, data[at:]
+        if not data[at + 1] & 0x80:
+            return payloads, b""  # unmasked: not a client's frame (an HTTP request, an upgrade)
+        length, head = data[at + 1] & 0x7F, 2
         if length == 126:
-            length, head = int.from_bytes(chunk[at + 2 : at + 4], "big"), 4
+            length, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
         elif length == 127:
-            length, head = int.from_bytes(chunk[at + 2 : at + 10], "big"), 10
-        key_at = at + head
-        start, end = key_at + 4, key_at + 4 + length
-        if end > len(chunk):
-            break
-        key = chunk[key_at:start]
-        payloads.append(bytes(byte ^ key[n % 4] for n, byte in enumerate(chunk[start:end])))
-        at = end
-    return payloads
+            length, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        start = at + head + 4
+        if length > MAX_FRAME or start + length > len(data):
+            # Not whole yet; a length no order comes near is not read on.
+            return payloads, data[at:] if length <= MAX_FRAME else b""
+        key = data[at + head : start]
+        payloads.append(bytes(byte ^ key[n % 4] for n, byte in enumerate(data[start : start + length])))
+        at = start + length
+    return payloads, b""
 
 
 class _Link:
@@ -79,6 +81,7 @@ class _Link:
     def __init__(self, client: socket.socket) -> None:
         self.client = client
         self.task: asyncio.Task[None] | None = None
+        self.frame_start = b""  # a client frame begun in an earlier chunk
 
 
 class DelayProxy:
@@ -159,7 +162,7 @@ class DelayProxy:
 
         async def from_client() -> bytes:
             chunk, left_at, read_at = await _receive_stamped(loop, client)
-            self._stamp_orders(chunk, left_at, read_at)
+            self._stamp_orders(link, chunk, left_at, read_at)
             return chunk
 
         async def to_client(chunk: bytes) -> None:
@@ -191,12 +194,15 @@ class DelayProxy:
         self._links.discard(link)
         link.client.close()
 
-    def _stamp_orders(self, chunk: bytes, left_at: float, read_at: float) -> None:
+    def _stamp_orders(self, link: _Link, chunk: bytes, left_at: float, read_at: float) -> None:
+        """An order leaves with its last byte: a frame that ends in this chunk has this chunk's stamps."""
         if self._departures is None:
             return
         found = _CLIENT_ORDER_ID.findall(chunk)
-        for frame in _masked_frames(chunk) if not found else []:
-            found += _CLIENT_ORDER_ID_JSON.findall(frame)
+        if not found:
+            frames, link.frame_start = _masked_frames(link.frame_start + chunk)
+            for frame in frames:
+                found += _CLIENT_ORDER_ID_JSON.findall(frame)
         for client_order_id in found:
             self._departures.write(f"{client_order_id.decode()} {left_at:.6f} {read_at:.6f}\n")
 

@@ -181,3 +181,16 @@ async def test_orders_in_websocket_frames_are_stamped_by_their_client_id(
     stamped = departures(written)
     assert set(stamped) == {"qh-ws-0", "qh-ws-1"}
     assert_stamped_at_the_write(stamped["qh-ws-1"], before, after)
+
+
+async def test_an_order_frame_split_across_writes_is_stamped_at_its_last(
+    proxy: DelayProxy, target: Target, written: io.StringIO
+) -> None:
+    request = json.dumps({"id": "3", "method": "order.place", "params": {"newClientOrderId": "qh-split-0"}})
+    frame = masked_text_frame(request, b"\x05\x06\x07\x08")
+    with connect(proxy) as sender:
+        send_and_hold(sender, frame[:20])  # read by the proxy alone: the frame is not whole yet
+        await target.until_received(frame[:20])
+        before, after = send_and_hold(sender, frame[20:])
+        await target.until_received(frame[-8:])
+    assert_stamped_at_the_write(departures(written)["qh-split-0"], before, after)
