@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 from emulator_fixture import emulator_exchange
@@ -56,17 +58,27 @@ def test_a_pem_key_sends_by_rest_the_door_signs_with_hmac_only() -> None:
 
 
 async def test_a_close_goes_by_the_websocket_api_stamped_at_its_write_its_counts_kept(
-    emulator: ExchangeEmulator, exchange: Exchange
+    emulator: ExchangeEmulator, exchange: Exchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emulator.set_positions({"BTCUSDT": 0.5})
     assert sample("apply_exchange_order_socket_up") == 1
     metrics.apply_exchange_order_count.labels("10s").set(0)
     before = await requests(emulator)
+    writes_called: list[float] = []
+    send_str = aiohttp.ClientWebSocketResponse.send_str
+
+    async def send_str_timed(socket: aiohttp.ClientWebSocketResponse, data: str) -> None:
+        writes_called.append(time.perf_counter())
+        await send_str(socket, data)
+
+    monkeypatch.setattr(aiohttp.ClientWebSocketResponse, "send_str", send_str_timed)
     with watching_writes(WriteStamp()) as stamp:
         ack = await exchange.send_reduce_only_market("BTCUSDT", "SELL", 0.2, "qh-ws-0")
     assert (ack.status, ack.filled_qty) == ("FILLED", 0.2)
     assert await requests(emulator) - before == Counter({WS_ORDER: 1})
+    # Stamped as the write is called, not when it returns (which counts the process it woke).
     assert stamp.first_at is not None
+    assert stamp.first_at <= writes_called[0]
     # The answer's rateLimits stand for the X-MBX-* headers: the order counts come from it.
     assert sample("apply_exchange_order_count", interval="10s") == 1
     assert [order.client_order_id for order in emulator.orders()] == ["qh-ws-0"]

@@ -1,7 +1,7 @@
 """When a request's bytes were written to the exchange's connection: where "what the gate adds" ends.
 
-An order sent on the websocket API (`order_socket.py`) is stamped by the door itself, after its frame's
-write. One sent by REST is stamped as follows.
+An order sent on the websocket API (`order_socket.py`) is stamped by the door itself, as it calls its
+frame's write. One sent by REST is stamped as follows.
 
 ccxt makes its requests with aiohttp. aiohttp calls a trace hook as it writes a request's body, a few
 microseconds before the socket's write, in its writing task, which inherits the caller's context: so a
@@ -47,7 +47,7 @@ def watching_writes(stamp: WriteStamp) -> Iterator[WriteStamp]:
 
 
 def stamp_write() -> None:
-    """The watched task wrote an order now: the websocket door calls it after its frame's write."""
+    """The watched task writes an order now: the websocket door calls it as it calls its frame's write."""
     stamp = _WATCHING.get()
     if stamp is not None and stamp.first_at is None:
         stamp.first_at = time.perf_counter()
