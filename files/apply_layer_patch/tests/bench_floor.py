@@ -15,6 +15,7 @@ Run by bench.py; `python bench_floor.py REDIS_URL` is the probe: a line per answ
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -48,14 +49,15 @@ async def floor_latencies(
     redis: Redis, redis_url: str, trials: int, idle_s: float, moment: Callable[[tuple[int, int]], float]
 ) -> list[float]:
     """SET -> the probe read the answer of its round trip, in ms, for `trials` keys each written after
-    `idle_s`; `moment` turns Redis's TIME into CLOCK_MONOTONIC."""
+    `idle_s`; `moment` turns Redis's TIME into CLOCK_MONOTONIC. A probe that fails raises
+    SubprocessError, which the bench reports as broken."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, __file__, redis_url, stdout=asyncio.subprocess.PIPE
     )
     assert process.stdout is not None
     try:
         if await asyncio.wait_for(process.stdout.readline(), 15) != b"ready\n":
-            raise RuntimeError("the floor's probe did not start")
+            raise subprocess.SubprocessError("the floor's probe did not start")
         latencies = []
         for n in range(trials):
             await asyncio.sleep(idle_s)
@@ -64,9 +66,13 @@ async def floor_latencies(
                 pipe.set(f"{FLOOR_KEY_PREFIX}{n}", "1", ex=60)
                 redis_time, _ = await pipe.execute()
             line = await asyncio.wait_for(process.stdout.readline(), 5)
+            if not line:
+                raise subprocess.SubprocessError("the floor's probe ended")
             _read_at, answered_at = (float(value) for value in line.split())
             latencies.append((answered_at - moment(redis_time)) * 1000)
         return latencies
+    except TimeoutError as late:
+        raise subprocess.SubprocessError("the floor's probe did not answer in time") from late
     finally:
         process.terminate()
         await process.wait()
