@@ -18,16 +18,17 @@ Linux: the emulator stamps every order it receives with it, so its stamps compar
    the CPU each process spends per plan, and how busy the whole machine was, to say what limits it.
 4. the order's door: one order at a time over kept-alive HTTP (POST /fapi/v1/order) and over a held
    websocket (the websocket API's order.place), alternated: send -> the emulator has the order, less d.
-5. the machine's floor (bench_floor.py): the gate's two Redis hops alone, a permit-like SET -> its
-   notification read by a process of its own -> one EVALSHA's answer, nothing in between. What the gate
-   adds cannot be less on this machine: read 2. against it.
+5. the machine's floor (bench_floor.py): the gate's two Redis hops alone, through redis-py as the
+   service's go, a permit-like SET -> its notification read by a process of its own -> one EVALSHA's
+   answer, nothing in between; measured right after each distance's permit trials (it involves no
+   exchange), so that 2. less it is the gate's own part under the same load.
 
-Each is measured with the exchange at a distance: the service reaches the emulator through a delay proxy
-(tests/delay_proxy.py, in its own process) that holds every byte `d` each way, for d = 0, 10 and 50 ms in
-one run. Where an order's bytes leave the service is the kernel's receive stamp on the proxy's socket,
-taken at or just after the service's write on loopback, before the proxy's wake-up, its timers and the
-emulator's parsing: that time less the start is what the gate adds, whatever d. Redis's TIME and the
-kernel's stamps are CLOCK_REALTIME, read as CLOCK_MONOTONIC by their age.
+Each of 1. to 4. is measured with the exchange at a distance: the service reaches the emulator through a
+delay proxy (tests/delay_proxy.py, in its own process) that holds every byte `d` each way, for d = 0, 10
+and 50 ms in one run. Where an order's bytes leave the service is the kernel's receive stamp on the
+proxy's socket, taken at or just after the service's write on loopback, before the proxy's wake-up, its
+timers and the emulator's parsing: that time less the start is what the gate adds, whatever d. Redis's
+TIME and the kernel's stamps are CLOCK_REALTIME, read as CLOCK_MONOTONIC by their age.
 Requests and weight per plan are the emulator's count of Binance requests on a plan's path during the
 steady part of the rate runs (Binance's IP weights, from the emulator's cost table), divided by the
 plans handled meanwhile; the background (the reconciliation, the listen key, the clock) is measured
@@ -59,7 +60,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import aiohttp
-from bench_floor import floor_latencies
+from bench_floor import GET_SCRIPT, Floor, floor_latencies
 from binance_signing import close_params, rest_order_body, ws_api_request
 from emulator_fixture import EMULATOR_API_KEY, EMULATOR_API_SECRET
 from plans import grant_permits, permits, plan_fields, results
@@ -94,7 +95,7 @@ STREAM_SETTLE_S = 1.0  # after the warm-up plans: their echoes back on the strea
 RECONCILED_AT = "apply_user_stream_last_reconcile_timestamp_seconds"
 EVAL_REQUESTS = 100_000
 EVAL_CLIENTS = 50
-EVAL_SCRIPT = "return redis.call('GET', KEYS[1])"
+EVAL_SCRIPT = GET_SCRIPT
 UNLIMITED = ("weight_per_minute", "orders_per_10s", "orders_per_minute")
 POSITION = 100_000.0  # large enough that no plan of the run finds the position closed
 # Production settings (ServiceProcess's test defaults put back), 64 plans in flight instead of 32: plans of
@@ -663,6 +664,7 @@ class AtDistance:
     delay_ms: int
     halts: list[HaltTrial]
     permits: PermitTrials
+    floor: Floor
     runs: list[RateRun]
     doors: dict[str, list[float]]
     proxy_report: str
@@ -691,10 +693,7 @@ def print_rows(rows: list[tuple[str, ...]]) -> None:
 
 
 def print_table(
-    distances: list[AtDistance],
-    evals: list[float],
-    background: tuple[float, Counter[str]],
-    floor: list[float],
+    distances: list[AtDistance], evals: list[float], background: tuple[float, Counter[str]]
 ) -> None:
     rows = [("one-way delay d", "metric (what the gate adds: d not included)", "p50", "p99", "target", "met")]
     for at in distances:
@@ -702,6 +701,9 @@ def print_table(
         halt_ms = [trial.latency_ms for trial in at.halts if trial.orders_after_set]
         rows.append(latency_row(d, "switch SET -> last order leaves the host (ms)", halt_ms))
         rows.append(latency_row(d, "permit arrival -> order leaves the host (ms)", at.permits.departures_ms))
+        floor = at.floor.answered_ms
+        floor_cells = (f"{statistics.median(floor):.2f}", f"{p99(floor):.2f}", "-", "-")
+        rows.append((d, "  the machine's floor: the two Redis hops alone (ms)", *floor_cells))
         requests = statistics.median(sum(run.requests_per_plan.values()) for run in at.runs)
         # The counts are read a moment apart from the results they are divided by: +-1 at the window's edges.
         met = yes_no(abs(requests - 1) <= REQUESTS_PER_PLAN_EDGE)
@@ -720,8 +722,6 @@ def print_table(
         )
         rate = statistics.median(run.plans_per_s for run in at.runs)
         rows.append((d, "plans/s through all gates", f"{rate:.0f}", "-", "-", "-"))
-    floor_p50, floor_p99 = f"{statistics.median(floor):.2f}", f"{p99(floor):.2f}"
-    rows.append(("any", "the machine's floor: the two Redis hops alone (ms)", floor_p50, floor_p99, "-", "-"))
     print_rows(rows)
     print("The order's door: send -> the emulator has the order, less d, one order at a time (ms)")
     doors = [("one-way delay d", "door", "p50", "p99", "max")]
@@ -738,12 +738,8 @@ def print_table(
     )
     print(
         "the machine's floor (bench_floor.py): a permit-like SET -> its notification read by a process of "
-        "its own -> one EVALSHA's answer read there, nothing in between, after the same idle; what the "
-        "gate adds less it, p50: "
-        + ", ".join(
-            f"{at.delay_ms} ms {statistics.median(at.permits.departures_ms) - statistics.median(floor):.2f}"
-            for at in distances
-        )
+        "its own through redis-py -> one EVALSHA's answer read there, nothing in between, after the same "
+        "idle, right after the permit trials"
     )
     print("p99 is the nearest rank: the largest value when there are fewer than 100.")
     print(
@@ -761,6 +757,13 @@ def print_table(
             f"  permit trials: {len(at_exchange)}, one plan at a time; permit -> the emulator has the order, "
             f"less d (with the proxy's timers and the emulator's parsing): p50 "
             f"{statistics.median(at_exchange):.2f}, p99 {p99(at_exchange):.2f} ms"
+        )
+        notified, answered = at.floor.notified_ms, at.floor.answered_ms
+        gate_own = statistics.median(at.permits.departures_ms) - statistics.median(answered)
+        print(
+            f"  the machine's floor: SET -> notification read p50 {statistics.median(notified):.2f}, "
+            f"p99 {p99(notified):.2f} ms; -> the round trip's answer p50 {statistics.median(answered):.2f}, "
+            f"p99 {p99(answered):.2f} ms; the permit row less it, p50: {gate_own:.2f} ms (the gate's own)"
         )
         wakeups = at.permits.proxy_wakeups_ms
         print(
@@ -821,6 +824,15 @@ async def at_distance(lab: Lab, delay_ms: int, evals: list[float]) -> AtDistance
         if any(trial.claims_after_set for trial in halts):
             raise BenchBroken(f"plans claimed after the switch SET: {[t.claims_after_set for t in halts]}")
         permits = await timed(f"{tag} {PERMIT_TRIALS} permit trials", permit_latencies, lab)
+        floor = await timed(
+            f"{tag} the machine's floor",
+            floor_latencies,
+            lab.redis,
+            lab.redis_server.url,
+            PERMIT_TRIALS,
+            PERMIT_SETTLE_S,
+            monotonic_of,
+        )
         runs: list[RateRun] = []
         if delay_ms == 0:
             for run in range(RATE_RUNS):  # interleaved, so both see the same load on the machine
@@ -830,7 +842,7 @@ async def at_distance(lab: Lab, delay_ms: int, evals: list[float]) -> AtDistance
         else:
             runs.append(await timed(f"{tag} rate run", rate_run, lab, 0, RATE_PLANS_AT_DISTANCE))
         doors = await timed(f"{tag} {DOOR_TRIALS} orders by each door", door_latencies, lab)
-    return AtDistance(delay_ms, halts, permits, runs, doors, proxy.report)
+    return AtDistance(delay_ms, halts, permits, floor, runs, doors, proxy.report)
 
 
 async def measure(directory: Path) -> None:
@@ -846,16 +858,7 @@ async def measure(directory: Path) -> None:
         distances = [await at_distance(lab, delay_ms, evals) for delay_ms in DISTANCES_MS]
         async with exchange_at(lab, 0):
             background = await timed("background requests", background_weight_per_minute, lab)
-        floor = await timed(
-            "the machine's floor",
-            floor_latencies,
-            redis,
-            redis_server.url,
-            PERMIT_TRIALS,
-            PERMIT_SETTLE_S,
-            monotonic_of,
-        )
-        print_table(distances, evals, background, floor)
+        print_table(distances, evals, background)
     finally:
         await redis.aclose()
         await emulator.stop()

@@ -6,75 +6,96 @@ notification that wakes the plan, and the claim's round trip. Each wakes a proce
 virtual machine that costs far more than the work it carries. Here a probe process of its own, as the
 service is, listens to the same notifications through redis-py and, at each, sends one packed `EVALSHA`
 on a held connection and reads its answer, with no other work in between. The bench writes the key as
-it writes a permit (TIME and SET in one MULTI, after the same idle), and takes SET -> answer read.
+it writes a permit (TIME and SET in one MULTI, after the same idle), and takes SET -> notification read
+and SET -> answer read. Both legs go through redis-py, as the service's do: it is the floor of the gate
+as built, not of any client.
 
-Run by bench.py; `python bench_floor.py REDIS_URL` is the probe: a line per answer on stdout,
-`<notification read> <answer read>` on CLOCK_MONOTONIC.
+Run by bench.py; `python bench_floor.py REDIS_URL` is the probe: a line per notification on stdout,
+`<key> <notification read> <answer read>` on CLOCK_MONOTONIC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 FLOOR_KEY_PREFIX = "quantum:bench:floor:"
-TRIVIAL_SCRIPT = "return redis.call('GET', KEYS[1])"
+GET_SCRIPT = "return redis.call('GET', KEYS[1])"  # a script that does next to nothing
+WARMUP_TRIALS = 5  # the probe's first answers pay for its start: not counted
+STARTUP_TIMEOUT_S = 15.0
+ANSWER_TIMEOUT_S = 5.0
 
 
 async def probe(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
-    sha = await redis.script_load(TRIVIAL_SCRIPT)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    sha = await redis.script_load(GET_SCRIPT)
+    pubsub = redis.pubsub()
     await pubsub.psubscribe(f"__keyspace@0__:{FLOOR_KEY_PREFIX}*")
-    print("ready", flush=True)
     async with redis.client() as held:
         await held.ping()
         connection = held.connection
         assert connection is not None
         packed = connection.pack_command("EVALSHA", sha, 1, f"{FLOOR_KEY_PREFIX}x")
-        async for _message in pubsub.listen():
+        async for message in pubsub.listen():
+            if message["type"] == "psubscribe":  # Redis confirmed the subscription: the bench may write
+                print("ready", flush=True)
+                continue
+            if message["data"] != b"set":  # one line per SET, whatever else Redis is set to publish
+                continue
             read_at = time.monotonic()
             await connection.send_packed_command(packed)
             await connection.read_response()
             answered_at = time.monotonic()
-            print(f"{read_at:.7f} {answered_at:.7f}", flush=True)
+            key = message["channel"].decode().rsplit(":", 1)[-1]
+            print(f"{key} {read_at:.7f} {answered_at:.7f}", flush=True)
+
+
+@dataclass(frozen=True)
+class Floor:
+    notified_ms: list[float]  # SET -> the probe read its notification
+    answered_ms: list[float]  # SET -> the probe read its round trip's answer: the floor
 
 
 async def floor_latencies(
     redis: Redis, redis_url: str, trials: int, idle_s: float, moment: Callable[[tuple[int, int]], float]
-) -> list[float]:
-    """SET -> the probe read the answer of its round trip, in ms, for `trials` keys each written after
-    `idle_s`; `moment` turns Redis's TIME into CLOCK_MONOTONIC. A probe that fails raises
-    SubprocessError, which the bench reports as broken."""
+) -> Floor:
+    """`trials` keys, each written after `idle_s`; `moment` turns Redis's TIME into CLOCK_MONOTONIC.
+    A probe that fails, falls silent or answers for another key raises SubprocessError, which the bench
+    reports as broken."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, __file__, redis_url, stdout=asyncio.subprocess.PIPE
     )
     assert process.stdout is not None
+    floor = Floor([], [])
     try:
-        if await asyncio.wait_for(process.stdout.readline(), 15) != b"ready\n":
+        if await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S) != b"ready\n":
             raise subprocess.SubprocessError("the floor's probe did not start")
-        latencies = []
-        for n in range(trials):
+        for n in range(WARMUP_TRIALS + trials):
             await asyncio.sleep(idle_s)
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.time()  # as for a permit: Redis's moment just before the SET
                 pipe.set(f"{FLOOR_KEY_PREFIX}{n}", "1", ex=60)
                 redis_time, _ = await pipe.execute()
-            line = await asyncio.wait_for(process.stdout.readline(), 5)
-            if not line:
-                raise subprocess.SubprocessError("the floor's probe ended")
-            _read_at, answered_at = (float(value) for value in line.split())
-            latencies.append((answered_at - moment(redis_time)) * 1000)
-        return latencies
+            line = (await asyncio.wait_for(process.stdout.readline(), ANSWER_TIMEOUT_S)).split()
+            if len(line) != 3 or line[0] != str(n).encode():
+                raise subprocess.SubprocessError(f"the floor's probe answered {line!r} for key {n}")
+            if n >= WARMUP_TRIALS:
+                written_at = moment(redis_time)
+                floor.notified_ms.append((float(line[1]) - written_at) * 1000)
+                floor.answered_ms.append((float(line[2]) - written_at) * 1000)
+        return floor
     except TimeoutError as late:
         raise subprocess.SubprocessError("the floor's probe did not answer in time") from late
     finally:
-        process.terminate()
+        with contextlib.suppress(ProcessLookupError):  # it may have ended by itself
+            process.terminate()
         await process.wait()
 
 
