@@ -49,30 +49,34 @@ Receive = Callable[[], Awaitable[bytes]]
 Send = Callable[[bytes], Awaitable[None]]
 
 
-def _masked_frames(data: bytes) -> tuple[list[bytes], bytes]:
+def _masked_frames(data: bytes) -> tuple[list[bytes], bytes, int]:
     """The payloads of the whole client websocket frames `data` starts with (RFC 6455: a client masks every
-    frame with a 4-byte key), and the start of a frame not whole yet, to be read on with the next chunk: a
-    frame may end in a later chunk than it began. Nothing for data that is no such frame."""
+    frame with a 4-byte key); the start of a frame not whole yet, to be read on with the next chunk (a
+    frame may end in a later chunk than it began); and how many bytes of a frame too large to be an order
+    are still to come, to be skipped. Nothing for data that is no such frame."""
     payloads: list[bytes] = []
     at = 0
     while at < len(data):
         if at + 2 > len(data):
-            return payloads, data[at:]
+            return payloads, data[at:], 0
         if not data[at + 1] & 0x80:
-            return payloads, b""  # unmasked: not a client's frame (an HTTP request, an upgrade)
+            return payloads, b"", 0  # unmasked: not a client's frame (an HTTP request, an upgrade)
         length, head = data[at + 1] & 0x7F, 2
         if length == 126:
             length, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
         elif length == 127:
             length, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
         start = at + head + 4
-        if length > MAX_FRAME or start + length > len(data):
-            # Not whole yet; a length no order comes near is not read on.
-            return payloads, data[at:] if length <= MAX_FRAME else b""
+        if start > len(data):  # the header itself is cut: its length may be read short, so wait for it
+            return payloads, data[at:], 0
+        if length > MAX_FRAME:
+            return payloads, b"", start + length - len(data)
+        if start + length > len(data):
+            return payloads, data[at:], 0
         key = data[at + head : start]
         payloads.append(bytes(byte ^ key[n % 4] for n, byte in enumerate(data[start : start + length])))
         at = start + length
-    return payloads, b""
+    return payloads, b"", 0
 
 
 class _Link:
@@ -82,6 +86,7 @@ class _Link:
         self.client = client
         self.task: asyncio.Task[None] | None = None
         self.frame_start = b""  # a client frame begun in an earlier chunk
+        self.frame_skip = 0  # bytes of a frame too large to be an order, still to come
 
 
 class DelayProxy:
@@ -200,7 +205,9 @@ class DelayProxy:
             return
         found = _CLIENT_ORDER_ID.findall(chunk)
         if not found:
-            frames, link.frame_start = _masked_frames(link.frame_start + chunk)
+            skipped = min(link.frame_skip, len(chunk))
+            link.frame_skip -= skipped
+            frames, link.frame_start, link.frame_skip = _masked_frames(link.frame_start + chunk[skipped:])
             for frame in frames:
                 found += _CLIENT_ORDER_ID_JSON.findall(frame)
         for client_order_id in found:
