@@ -108,8 +108,8 @@ class OrderSocket:
         request = json.dumps({"id": request_id, "method": "order.place", "params": signed})
         try:
             # Stamped as the write is called, as REST's hook is: on loopback the kernel takes the bytes
-            # some 20 us into the write, and the rest (0.6 ms on the bench machine) is the process the
-            # bytes woke running first, which is not the gate's.
+            # some 20 µs into the write, and most of the rest is the process they woke running first,
+            # not the gate's. A write that raises was stamped too: its outcome is looked up anyway.
             stamp_write()
             await socket.send_str(request)
             return await asyncio.wait_for(answer, timeout_s)
