@@ -79,14 +79,31 @@ def _masked_frames(data: bytes) -> tuple[list[bytes], bytes, int]:
     return payloads, b"", 0
 
 
+class _ClientFrames:
+    """A connection's client frames read chunk by chunk: a frame begun in one chunk is read on with the
+    next, and the rest of a frame too large to be an order is skipped, however many chunks it spans."""
+
+    def __init__(self) -> None:
+        self._start = b""  # a frame begun in an earlier chunk
+        self._skip = 0  # bytes of a frame too large to be an order, still to come
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The payloads of the frames that end in this chunk."""
+        skipped = min(self._skip, len(chunk))
+        self._skip -= skipped
+        if self._skip:  # the whole chunk was inside the large frame
+            return []
+        payloads, self._start, self._skip = _masked_frames(self._start + chunk[skipped:])
+        return payloads
+
+
 class _Link:
     """One proxied connection: the client's socket, read raw for its kernel stamps, and its task."""
 
     def __init__(self, client: socket.socket) -> None:
         self.client = client
         self.task: asyncio.Task[None] | None = None
-        self.frame_start = b""  # a client frame begun in an earlier chunk
-        self.frame_skip = 0  # bytes of a frame too large to be an order, still to come
+        self.frames = _ClientFrames()
 
 
 class DelayProxy:
@@ -204,12 +221,8 @@ class DelayProxy:
         if self._departures is None:
             return
         found = _CLIENT_ORDER_ID.findall(chunk)
-        if not found:
-            skipped = min(link.frame_skip, len(chunk))
-            link.frame_skip -= skipped
-            frames, link.frame_start, link.frame_skip = _masked_frames(link.frame_start + chunk[skipped:])
-            for frame in frames:
-                found += _CLIENT_ORDER_ID_JSON.findall(frame)
+        for frame in link.frames.feed(chunk) if not found else []:
+            found += _CLIENT_ORDER_ID_JSON.findall(frame)
         for client_order_id in found:
             self._departures.write(f"{client_order_id.decode()} {left_at:.6f} {read_at:.6f}\n")
 

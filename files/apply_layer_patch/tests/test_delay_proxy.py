@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import socket
 import time
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from delay_proxy import MAX_FRAME, SO_TIMESTAMPNS, DelayProxy, _masked_frames
+from delay_proxy import MAX_FRAME, SO_TIMESTAMPNS, DelayProxy, _ClientFrames
 
 # How long the sender keeps the proxy's loop from reading, so that a read time cannot pass for the stamp.
 HELD_S = 0.05
@@ -196,12 +197,11 @@ async def test_an_order_frame_split_across_writes_is_stamped_at_its_last(
     assert_stamped_at_the_write(departures(written)["qh-split-0"], before, after)
 
 
-def frames_read_in_two(data: bytes, cut: int) -> list[bytes]:
-    """What the proxy reads of `data` when it comes in two chunks, cut at `cut`."""
-    first, start, skip = _masked_frames(data[:cut])
-    rest = data[cut:][skip:]
-    second, _, _ = _masked_frames(start + rest)
-    return first + second
+def frames_read_in_chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    """What the proxy reads of `data` when it comes in chunks, cut at `cuts`."""
+    frames = _ClientFrames()
+    bounds = [0, *cuts, len(data)]
+    return [payload for at, end in itertools.pairwise(bounds) for payload in frames.feed(data[at:end])]
 
 
 @pytest.mark.parametrize("size", [20, 300], ids=["7-bit length", "16-bit length"])
@@ -210,11 +210,12 @@ def test_a_frame_cut_anywhere_is_read_whole_once(size: int) -> None:
     frame = masked_text_frame(text, b"\x09\x0a\x0b\x0c")
     data = frame + frame  # a whole frame after the cut one, in the same chunk
     for cut in range(1, len(data)):
-        assert frames_read_in_two(data, cut) == [text.encode()] * 2, cut
+        assert frames_read_in_chunks(data, [cut]) == [text.encode()] * 2, cut
 
 
-def test_a_frame_too_large_for_an_order_is_skipped_and_the_next_one_read() -> None:
+@pytest.mark.parametrize("cuts", [[100], [100, 30_000, 60_000]], ids=["two chunks", "four chunks"])
+def test_a_frame_too_large_for_an_order_is_skipped_and_the_next_one_read(cuts: list[int]) -> None:
     large = b"\x81\xff" + (MAX_FRAME + 1).to_bytes(8, "big") + b"\x00" * 4 + b"x" * (MAX_FRAME + 1)
     order = json.dumps({"params": {"newClientOrderId": "qh-after-0"}})
     data = large + masked_text_frame(order, b"\x01\x02\x03\x04")
-    assert frames_read_in_two(data, 100) == [order.encode()]
+    assert frames_read_in_chunks(data, cuts) == [order.encode()]
