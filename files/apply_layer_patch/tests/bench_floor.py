@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 FLOOR_KEY_PREFIX = "quantum:bench:floor:"
 GET_SCRIPT = "return redis.call('GET', KEYS[1])"  # a script that does next to nothing
@@ -36,8 +37,9 @@ ANSWER_TIMEOUT_S = 5.0
 async def probe(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
     sha = await redis.script_load(GET_SCRIPT)
+    db = int(redis.connection_pool.connection_kwargs.get("db", 0))  # the URL's, as the service's watcher
     pubsub = redis.pubsub()
-    await pubsub.psubscribe(f"__keyspace@0__:{FLOOR_KEY_PREFIX}*")
+    await pubsub.psubscribe(f"__keyspace@{db}__:{FLOOR_KEY_PREFIX}*")
     async with redis.client() as held:
         await held.ping()
         connection = held.connection
@@ -100,4 +102,7 @@ async def floor_latencies(
 
 
 if __name__ == "__main__":
-    asyncio.run(probe(sys.argv[1]))
+    try:
+        asyncio.run(probe(sys.argv[1]))
+    except (RedisError, OSError) as error:  # one line on stderr; the bench says what it meant
+        sys.exit(f"the floor's probe: {error}")
